@@ -162,3 +162,18 @@ class AttemptsExhaustedError(ProxaroError):
 
 class UsageCapError(ProxaroError):
     """The plan's bandwidth cap is reached and the usage guard is set to stop routing."""
+
+
+# ---------------------------------------------------------------------------- webhooks
+
+
+class WebhookError(ProxaroError):
+    """A webhook delivery that cannot be accepted."""
+
+
+class WebhookSignatureError(WebhookError):
+    """The ``X-NB-Signature`` header is missing or does not match the body and the secret."""
+
+
+class WebhookPayloadError(WebhookError, ValueError):
+    """The body is not a Proxaro event (not JSON, or a bad id, type, created_at or data)."""
