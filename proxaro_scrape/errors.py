@@ -111,7 +111,12 @@ class InternalServerError(APIError):
 
 
 class ServiceUnavailableError(APIError):
-    """503 ``service_unavailable``."""
+    """503 ``service_unavailable``; ``retry_after`` in seconds when the API said (RFC 9110
+    allows ``Retry-After`` on a 503 too)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
 
 
 class APIConnectionError(ProxaroError):
