@@ -26,6 +26,18 @@ from proxaro_scrape.errors import (
     TargetError,
     UnprocessableEntityError,
     UsageCapError,
+    WebhookError,
+    WebhookPayloadError,
+    WebhookSignatureError,
+)
+from proxaro_scrape.webhooks import (
+    EventDeduplicator,
+    WebhookEvent,
+    WebhookReceiver,
+    compute_signature,
+    parse_event,
+    verify_event,
+    verify_signature,
 )
 
 __version__ = "0.1.0"
@@ -39,6 +51,7 @@ __all__ = [
     "BadTargetingError",
     "ConfigurationError",
     "ConflictError",
+    "EventDeduplicator",
     "GatewayAuthError",
     "GatewayError",
     "InternalServerError",
@@ -53,5 +66,14 @@ __all__ = [
     "TargetError",
     "UnprocessableEntityError",
     "UsageCapError",
+    "WebhookError",
+    "WebhookEvent",
+    "WebhookPayloadError",
+    "WebhookReceiver",
+    "WebhookSignatureError",
     "__version__",
+    "compute_signature",
+    "parse_event",
+    "verify_event",
+    "verify_signature",
 ]
