@@ -1,0 +1,294 @@
+""":class:`Proxaro` and :class:`AsyncProxaro`: twins of the same shape over one shared layer.
+
+Both resolve their configuration, build requests and read responses through
+:mod:`proxaro_scrape.api._base`; only the sending (``httpx.Client`` vs ``httpx.AsyncClient``)
+and the sleeping (``time.sleep`` vs ``asyncio.sleep``, via tenacity) differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+import tenacity
+
+from proxaro_scrape._secrets import Secret
+from proxaro_scrape.api import _resources as r
+from proxaro_scrape.api._base import (
+    ClientConfig,
+    Pacer,
+    RateLimit,
+    RequestSpec,
+    RetryPolicy,
+    build_request,
+    connection_error,
+    parse_rate_limit,
+    parse_response,
+    resolve_config,
+    retrying_kwargs,
+)
+from proxaro_scrape.api._models import APIStatus
+
+T = TypeVar("T")
+
+
+class _ClientBase:
+    """What the twins share: configuration, the last rate-limit view, the pacer."""
+
+    _config: ClientConfig
+
+    def __init__(
+        self,
+        api_key: str | Secret | None,
+        base_url: str | None,
+        *,
+        api_version: str | None,
+        timeout: float | httpx.Timeout | None,
+        max_retries: int,
+        retry_policy: RetryPolicy | None,
+        pacer: Pacer | None,
+        default_headers: Mapping[str, str] | None,
+    ) -> None:
+        self._config = resolve_config(
+            api_key,
+            base_url,
+            api_version=api_version,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            pacer=pacer,
+            headers=default_headers,
+        )
+        self._rate_limit: RateLimit | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return self._config.base_url
+
+    @property
+    def api_version(self) -> str:
+        """The ``X-API-Version`` sent with every request."""
+        return self._config.api_version
+
+    @property
+    def max_retries(self) -> int:
+        """Retries after the first attempt, for failures worth retrying."""
+        return self._config.max_retries
+
+    @property
+    def timeout(self) -> httpx.Timeout:
+        """The httpx timeout of every request."""
+        return self._config.timeout
+
+    @property
+    def pacer(self) -> Pacer | None:
+        """The client-side pacer, when one was given."""
+        return self._config.pacer
+
+    @property
+    def has_key(self) -> bool:
+        """Whether an API key is configured (``plans.list()`` and ``status()`` need none)."""
+        return self._config.api_key is not None
+
+    @property
+    def is_test(self) -> bool:
+        """``True`` for a ``proxaro_test_`` key (sandboxed pool, fake usage), ``False`` for a
+        ``proxaro_live_`` key or no key."""
+        return self._config.is_test
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The last ``X-RateLimit-*`` values seen (``limit``, ``remaining``, ``reset``)."""
+        return self._rate_limit
+
+    def _observe(self, response: httpx.Response) -> None:
+        now = time.time()
+        seen = parse_rate_limit(response.headers, now=now)
+        if seen is not None:
+            self._rate_limit = seen
+            if self._config.pacer is not None:
+                self._config.pacer.observe(seen, now)
+
+    def __repr__(self) -> str:
+        key = str(self._config.api_key) if self._config.api_key is not None else "none"
+        return f"<{type(self).__name__} base_url={self.base_url!r} key={key}>"
+
+
+class Proxaro(_ClientBase):
+    """The Proxaro REST API, synchronously.
+
+    >>> with Proxaro() as client:           # PROXARO_API_KEY from the environment  # doctest: +SKIP
+    ...     print(client.usage.get().total_bytes)
+    ...     for order in client.orders.list(status="paid"):
+    ...         print(order.id, order.created_at)
+
+    ``api_key`` defaults to ``PROXARO_API_KEY`` and is checked locally (``proxaro_live_`` or
+    ``proxaro_test_`` + 32 lowercase hex) before any request; ``base_url`` defaults to
+    ``PROXARO_BASE_URL``, then ``https://api.proxaro.io``.  ``max_retries`` retries 429, 503 and
+    connect errors for every call, and 500s and timeouts for GET/DELETE only (see
+    :func:`~proxaro_scrape.api._base.should_retry`).  ``pacer`` (off by default) paces requests to
+    stay under the plan's budget.  ``http_client`` brings your own ``httpx.Client`` (which the
+    client then does not close).
+    """
+
+    def __init__(
+        self,
+        api_key: str | Secret | None = None,
+        base_url: str | None = None,
+        *,
+        api_version: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = 2,
+        retry_policy: RetryPolicy | None = None,
+        pacer: Pacer | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(
+            api_key,
+            base_url,
+            api_version=api_version,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            pacer=pacer,
+            default_headers=default_headers,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=self._config.timeout)
+        self.account = r.AccountResource(self)
+        self.usage = r.UsageResource(self)
+        self.orders = r.OrdersResource(self)
+        self.plans = r.PlansResource(self)
+        self.credentials = r.CredentialsResource(self)
+        self.sessions = r.SessionsResource(self)
+        self.countries = r.CountriesResource(self)
+        self.allowlist = r.AllowlistResource(self)
+        self.webhooks = r.WebhooksResource(self)
+
+    def status(self) -> APIStatus:
+        """``GET /v1/status``: answers when the API is healthy, raises otherwise."""
+        return self._request(r.status())
+
+    def _request(self, spec: RequestSpec[T]) -> T:
+        request = build_request(self._config, spec)
+        retrying = tenacity.Retrying(**retrying_kwargs(self._config, spec))
+        return retrying(self._send_once, request, spec)
+
+    def _send_once(self, request: httpx.Request, spec: RequestSpec[T]) -> T:
+        pacer = self._config.pacer
+        if pacer is not None:
+            delay = pacer.reserve(time.time())
+            if delay > 0:
+                time.sleep(delay)
+        try:
+            response = self._http.send(request)
+        except httpx.TransportError as exc:
+            raise connection_error(exc, request.method, str(request.url)) from exc
+        self._observe(response)
+        return parse_response(spec, response, key=self._config.api_key)
+
+    def close(self) -> None:
+        """Close the underlying ``httpx.Client`` (unless it was brought by the caller)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Proxaro:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncProxaro(_ClientBase):
+    """The Proxaro REST API, asynchronously: the same shape as :class:`Proxaro`.
+
+    >>> async with AsyncProxaro() as client:                       # doctest: +SKIP
+    ...     usage = await client.usage.get()
+    ...     async for order in client.orders.list():
+    ...         print(order.id)
+    """
+
+    def __init__(
+        self,
+        api_key: str | Secret | None = None,
+        base_url: str | None = None,
+        *,
+        api_version: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = 2,
+        retry_policy: RetryPolicy | None = None,
+        pacer: Pacer | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            api_key,
+            base_url,
+            api_version=api_version,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            pacer=pacer,
+            default_headers=default_headers,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(timeout=self._config.timeout)
+        self.account = r.AsyncAccountResource(self)
+        self.usage = r.AsyncUsageResource(self)
+        self.orders = r.AsyncOrdersResource(self)
+        self.plans = r.AsyncPlansResource(self)
+        self.credentials = r.AsyncCredentialsResource(self)
+        self.sessions = r.AsyncSessionsResource(self)
+        self.countries = r.AsyncCountriesResource(self)
+        self.allowlist = r.AsyncAllowlistResource(self)
+        self.webhooks = r.AsyncWebhooksResource(self)
+
+    async def status(self) -> APIStatus:
+        """``GET /v1/status``."""
+        return await self._request(r.status())
+
+    async def _request(self, spec: RequestSpec[T]) -> T:
+        request = build_request(self._config, spec)
+        retrying = tenacity.AsyncRetrying(**retrying_kwargs(self._config, spec))
+        result: T = await retrying(self._send_once, request, spec)
+        return result
+
+    async def _send_once(self, request: httpx.Request, spec: RequestSpec[T]) -> T:
+        pacer = self._config.pacer
+        if pacer is not None:
+            delay = pacer.reserve(time.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+        try:
+            response = await self._http.send(request)
+        except httpx.TransportError as exc:
+            raise connection_error(exc, request.method, str(request.url)) from exc
+        self._observe(response)
+        return parse_response(spec, response, key=self._config.api_key)
+
+    async def aclose(self) -> None:
+        """Close the underlying ``httpx.AsyncClient`` (unless it was brought by the caller)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncProxaro:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
