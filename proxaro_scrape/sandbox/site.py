@@ -1,0 +1,388 @@
+"""The demo site: a small shop on loopback to scrape through the sandbox gateway.
+
+The runner serves :func:`build_site_app` on HTTP and HTTPS (certificate from the sandbox CA).
+
+The shop (deterministic from ``world.seed``, so a crawl has a known, countable result):
+
+- ``/`` links to ``/products?page=1``; ``/products?page=N`` lists :data:`PAGE_SIZE` products
+  (``<li class="product"><a href="/product/ID">``) with ``<a class="next">`` / ``<a
+  class="prev">`` and a link to every page in ``<nav class="pagination">``;
+- ``/product/<id>`` (ids 1..count): ``<h1 class="name">``, ``<span class="price">``,
+  ``<span class="sku">``, ``<span class="category">``, ``<p class="description">``;
+- ``/catalog.json``: ``{"products", "pages", "page_size", "product_ids"...}``, the totals a
+  crawl must find; ``/api/products?page=N``: the same listing as JSON; ``/robots.txt``.
+
+Tools for tests:
+
+- ``/ip`` → ``{"ip", "country", "asn", "exit_class"}``: the client address as seen; for a
+  gateway exit, the exit's public IP and what the world knows of it; otherwise the address
+  itself and nulls.  ``/headers`` → ``{"headers": {...}}`` as received (names as sent).
+- ``/redirect?to=URL[&status=302]`` (same-host or cross-host), ``/status/<code>``,
+  ``/delay/<ms>``, ``/bytes/<n>`` (Content-Length), ``/stream/<n>?size=&delay_ms=`` (chunked),
+  ``POST|PUT /echo`` → ``{"bytes", "sha256", "transfer_encoding", "content_length"}``.
+
+Anti-bot, per client address, in world time (``world.knobs``): ``site_budget`` requests per
+``site_ban_window`` seconds.  The first request past the budget gets 429 (with
+``Retry-After``) and starts a ban: every request of that address then gets a 403 "banned"
+page for ``site_ban_seconds``, after which a fresh window starts.  Slow pages: ``site_slow_ms``
+of added latency on paths starting with one of ``site_slow_paths`` (all paths when that list
+is empty).  ``/catalog.json`` and ``/robots.txt`` are exempt from both, so that tests can always
+read the totals.  Every request counts in ``site.requests``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import html
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxaro_scrape.sandbox.world import World
+
+__all__ = ["PAGE_SIZE", "Product", "build_site_app", "catalogue"]
+
+PAGE_SIZE = 20
+_EXEMPT = frozenset({"/catalog.json", "/robots.txt"})
+_MAX_BYTES = 50 * 1024 * 1024
+_MAX_ADDRESSES = 100_000
+
+_ADJECTIVES = (
+    "Sturdy",
+    "Compact",
+    "Classic",
+    "Bright",
+    "Quiet",
+    "Rugged",
+    "Elegant",
+    "Nimble",
+    "Cozy",
+    "Vintage",
+    "Modern",
+    "Handmade",
+)
+_MATERIALS = ("Oak", "Steel", "Linen", "Ceramic", "Bamboo", "Copper", "Wool", "Glass", "Leather")
+_NOUNS = {
+    "kitchen": ("Kettle", "Teapot", "Skillet", "Cutting Board", "Mug", "Colander"),
+    "garden": ("Trowel", "Planter", "Watering Can", "Bird Feeder", "Hose Reel"),
+    "office": ("Desk Lamp", "Notebook", "Pen Holder", "Monitor Stand", "Stapler"),
+    "outdoor": ("Lantern", "Backpack", "Camp Chair", "Water Bottle", "Hammock"),
+    "home": ("Throw Blanket", "Candle", "Wall Clock", "Vase", "Doormat", "Bookend"),
+}
+
+
+@dataclass(frozen=True)
+class Product:
+    """One product of the demo shop."""
+
+    id: int
+    name: str
+    category: str
+    price: str  # "49.90": a string, as scraped
+    sku: str
+    stock: int
+    description: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "category": self.category,
+            "price": self.price,
+            "sku": self.sku,
+            "stock": self.stock,
+            "description": self.description,
+            "url": f"/product/{self.id}",
+        }
+
+
+def catalogue(seed: int) -> list[Product]:
+    """The shop's products for ``seed``: a few hundred, always the same for a seed."""
+    rng = random.Random(f"proxaro-site:{seed}")
+    count = rng.randrange(240, 361)
+    categories = sorted(_NOUNS)
+    products = []
+    for pid in range(1, count + 1):
+        category = rng.choice(categories)
+        noun = rng.choice(_NOUNS[category])
+        name = f"{rng.choice(_ADJECTIVES)} {rng.choice(_MATERIALS)} {noun}"
+        price = f"{rng.randrange(400, 50000) / 100:.2f}"
+        sku = f"PX-{rng.randrange(100000, 1000000)}"
+        description = (
+            f"A {name.lower()} for your {category}. "
+            f"Ships in {rng.randrange(1, 8)} days; {rng.randrange(1, 6)}-year warranty."
+        )
+        products.append(
+            Product(pid, name, category, price, sku, rng.randrange(0, 120), description)
+        )
+    return products
+
+
+def _page(title: str, body: str) -> web.Response:
+    text = (
+        "<!doctype html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title></head>\n<body>\n"
+        "<header><a class='home' href='/'>Proxaro demo shop</a></header>\n"
+        f"{body}\n</body></html>\n"
+    )
+    return web.Response(text=text, content_type="text/html")
+
+
+@dataclass
+class _Visitor:
+    window_start: float
+    count: int = 0
+    banned_until: float = 0.0
+
+
+def build_site_app(world: World) -> web.Application:
+    """The demo shop as an aiohttp application (see the module docstring)."""
+    products = catalogue(world.seed)
+    pages = math.ceil(len(products) / PAGE_SIZE)
+    visitors: dict[str, _Visitor] = {}
+
+    Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        world.counters["site.requests"] += 1
+        path = request.path
+        if path in _EXEMPT:
+            return await handler(request)
+        knobs = world.knobs
+        address = request.remote or ""
+        now = world.clock.now()
+        visitor = visitors.get(address)
+        if visitor is None:
+            if len(visitors) >= _MAX_ADDRESSES:
+                visitors.clear()
+            visitor = visitors[address] = _Visitor(now)
+        if visitor.banned_until > now:
+            return web.Response(
+                status=403,
+                text="<!doctype html><html><body><h1>Access denied</h1>"
+                "<p class='banned'>You have been banned. Too many requests.</p></body></html>",
+                content_type="text/html",
+            )
+        if now - visitor.window_start >= knobs.site_ban_window:
+            visitor.window_start = now
+            visitor.count = 0
+        visitor.count += 1
+        if visitor.count > knobs.site_budget:
+            visitor.banned_until = now + knobs.site_ban_seconds
+            visitor.window_start = visitor.banned_until
+            visitor.count = 0
+            world.note("site_ban", address=address, seconds=knobs.site_ban_seconds)
+            return web.Response(
+                status=429,
+                text="Too many requests; slow down.\n",
+                headers={"Retry-After": str(max(1, math.ceil(knobs.site_ban_seconds)))},
+            )
+        if knobs.site_slow_ms > 0 and (
+            not knobs.site_slow_paths or any(path.startswith(p) for p in knobs.site_slow_paths)
+        ):
+            await asyncio.sleep(knobs.site_slow_ms / 1000)
+        return await handler(request)
+
+    routes = web.RouteTableDef()
+
+    @routes.get("/")
+    async def home(request: web.Request) -> web.Response:
+        return _page(
+            "Proxaro demo shop",
+            f"<h1>Proxaro demo shop</h1>\n<p>{len(products)} products on {pages} pages.</p>\n"
+            "<a class='products' href='/products?page=1'>All products</a>",
+        )
+
+    def page_number(request: web.Request) -> int:
+        try:
+            number = int(request.query.get("page", "1"))
+        except ValueError:
+            raise web.HTTPNotFound(text="no such page\n") from None
+        if not 1 <= number <= pages:
+            raise web.HTTPNotFound(text="no such page\n")
+        return number
+
+    @routes.get("/products")
+    async def listing(request: web.Request) -> web.Response:
+        number = page_number(request)
+        chunk = products[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
+        items = "\n".join(
+            f"<li class='product' data-id='{p.id}'><a href='/product/{p.id}'>"
+            f"{html.escape(p.name)}</a> <span class='price'>{p.price}</span></li>"
+            for p in chunk
+        )
+        nav = []
+        if number > 1:
+            nav.append(f"<a class='prev' href='/products?page={number - 1}'>Previous</a>")
+        nav.extend(
+            f"<a class='page' href='/products?page={n}'>{n}</a>" for n in range(1, pages + 1)
+        )
+        if number < pages:
+            nav.append(f"<a class='next' href='/products?page={number + 1}'>Next</a>")
+        return _page(
+            f"Products, page {number}",
+            f"<h1>Products, page {number} of {pages}</h1>\n<ul class='products'>\n{items}\n"
+            f"</ul>\n<nav class='pagination'>{' '.join(nav)}</nav>",
+        )
+
+    @routes.get("/api/products")
+    async def listing_json(request: web.Request) -> web.Response:
+        number = page_number(request)
+        chunk = products[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
+        return web.json_response(
+            {
+                "page": number,
+                "pages": pages,
+                "data": [p.as_json() for p in chunk],
+                "next": f"/api/products?page={number + 1}" if number < pages else None,
+            }
+        )
+
+    @routes.get("/product/{pid}")
+    async def product(request: web.Request) -> web.Response:
+        try:
+            pid = int(request.match_info["pid"])
+        except ValueError:
+            raise web.HTTPNotFound(text="no such product\n") from None
+        if not 1 <= pid <= len(products):
+            raise web.HTTPNotFound(text="no such product\n")
+        p = products[pid - 1]
+        listing_page = (pid - 1) // PAGE_SIZE + 1
+        return _page(
+            p.name,
+            f"<div class='product' data-id='{p.id}'>\n<h1 class='name'>{html.escape(p.name)}</h1>\n"
+            f"<span class='price'>{p.price}</span> <span class='sku'>{p.sku}</span> "
+            f"<span class='category'>{p.category}</span> <span class='stock'>{p.stock}</span>\n"
+            f"<p class='description'>{html.escape(p.description)}</p>\n</div>\n"
+            f"<a class='back' href='/products?page={listing_page}'>Back to the list</a>",
+        )
+
+    @routes.get("/catalog.json")
+    async def catalog(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "products": len(products),
+                "pages": pages,
+                "page_size": PAGE_SIZE,
+                "seed": world.seed,
+                "product_ids": [1, len(products)],
+                "listing_urls": [f"/products?page={n}" for n in range(1, pages + 1)],
+            }
+        )
+
+    @routes.get("/robots.txt")
+    async def robots(request: web.Request) -> web.Response:
+        return web.Response(text="User-agent: *\nAllow: /\n")
+
+    @routes.get("/ip")
+    async def ip(request: web.Request) -> web.Response:
+        address = request.remote or ""
+        ex = world.exit_for_address(address)
+        if ex is None:
+            return web.json_response(
+                {"ip": address, "country": None, "asn": None, "exit_class": None}
+            )
+        return web.json_response(
+            {"ip": ex.ip, "country": ex.country, "asn": ex.asn, "exit_class": ex.exit_class}
+        )
+
+    @routes.get("/headers")
+    async def headers(request: web.Request) -> web.Response:
+        seen: dict[str, str] = {}
+        for raw_name, raw_value in request.raw_headers:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            seen[name] = f"{seen[name]}, {value}" if name in seen else value
+        return web.json_response({"headers": seen})
+
+    @routes.get("/redirect")
+    async def redirect(request: web.Request) -> web.Response:
+        to = request.query.get("to")
+        if not to:
+            raise web.HTTPBadRequest(text="give ?to=URL\n")
+        try:
+            status = int(request.query.get("status", "302"))
+        except ValueError:
+            status = 0
+        if status not in (301, 302, 303, 307, 308):
+            raise web.HTTPBadRequest(text="status is one of 301, 302, 303, 307, 308\n")
+        return web.Response(status=status, headers={"Location": to}, text=f"see {to}\n")
+
+    @routes.route("*", "/status/{code}")
+    async def status(request: web.Request) -> web.Response:
+        try:
+            code = int(request.match_info["code"])
+        except ValueError:
+            code = 0
+        if not 200 <= code <= 599:
+            raise web.HTTPBadRequest(text="status is 200..599\n")
+        if code in (204, 304):
+            return web.Response(status=code)
+        return web.Response(status=code, text=f"status {code}\n")
+
+    @routes.get("/delay/{ms}")
+    async def delay(request: web.Request) -> web.Response:
+        try:
+            ms = min(60_000, max(0, int(request.match_info["ms"])))
+        except ValueError:
+            raise web.HTTPBadRequest(text="milliseconds, as an integer\n") from None
+        await asyncio.sleep(ms / 1000)
+        return web.json_response({"delayed_ms": ms})
+
+    @routes.get("/bytes/{n}")
+    async def nbytes(request: web.Request) -> web.Response:
+        try:
+            n = int(request.match_info["n"])
+        except ValueError:
+            n = -1
+        if not 0 <= n <= _MAX_BYTES:
+            raise web.HTTPBadRequest(text=f"0..{_MAX_BYTES} bytes\n")
+        block = bytes(range(256))
+        body = (block * (n // 256 + 1))[:n]
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    @routes.get("/stream/{n}")
+    async def stream(request: web.Request) -> web.StreamResponse:
+        try:
+            n = int(request.match_info["n"])
+            size = int(request.query.get("size", "1024"))
+            delay_ms = int(request.query.get("delay_ms", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="integers, please\n") from None
+        if not (0 <= n <= 10_000 and 1 <= size <= 1024 * 1024 and 0 <= delay_ms <= 10_000):
+            raise web.HTTPBadRequest(text="n 0..10000, size 1..1048576, delay_ms 0..10000\n")
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(n):
+            await resp.write(bytes([i % 256]) * size)
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)
+        await resp.write_eof()
+        return resp
+
+    async def echo(request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        total = 0
+        async for data in request.content.iter_any():
+            digest.update(data)
+            total += len(data)
+        return web.json_response(
+            {
+                "method": request.method,
+                "bytes": total,
+                "sha256": digest.hexdigest(),
+                "transfer_encoding": request.headers.get("Transfer-Encoding"),
+                "content_length": request.headers.get("Content-Length"),
+            }
+        )
+
+    app = web.Application(middlewares=[guard], client_max_size=_MAX_BYTES)
+    app.add_routes(routes)
+    app.router.add_post("/echo", echo)
+    app.router.add_put("/echo", echo)
+    return app
