@@ -116,8 +116,7 @@ def error_from_response(
         ctype = headers.get("content-type", "unknown content type").split(";")[0]
         snippet = content[:_SNIPPET].decode("utf-8", "replace").strip()
         message = (
-            f"The API answered with a body that is not the error envelope ({ctype}): "
-            f"{snippet!r}"
+            f"The API answered with a body that is not the error envelope ({ctype}): {snippet!r}"
         )
         cls: type[APIError] = APIError
         if status == 429:
@@ -533,45 +532,50 @@ class Pacer:
     """Client-side pacing that keeps a process under its plan's request budget.
 
     Off by default.  Share one instance between every client of a process that uses the same
-    key: ``pacer = Pacer(); Proxaro(pacer=pacer); AsyncProxaro(pacer=pacer)``.  The budget is
-    ``requests_per_minute`` when given, else learned from ``X-RateLimit-Limit``; ``headroom``
-    keeps a margin for other users of the key.  When the API reports ``Remaining: 0`` the pacer
-    waits for ``X-RateLimit-Reset``.  :meth:`reserve` is pure bookkeeping (no sleeping): the
-    clients sleep what it returns, the sync one with ``time.sleep``, the async one with
-    ``asyncio.sleep``.
+    key: ``pacer = Pacer(); Proxaro(pacer=pacer); AsyncProxaro(pacer=pacer)``.
+
+    The budget is ``limit`` requests per ``window`` seconds when given, else learned from the
+    API's ``X-RateLimit-Limit`` (per 60 s), times ``headroom`` to leave a margin for other users
+    of the key.  Requests are spread evenly over the window, with at most ``burst`` of them
+    back to back (default: a sixth of the budget, ten seconds' worth), so that the API's burst
+    window is never met either; and never more than the budget in any sliding window.  When
+    the API reports ``Remaining: 0`` the pacer holds requests until ``X-RateLimit-Reset``.
+
+    :meth:`reserve` is pure bookkeeping over the ``now`` it is given (no sleeping): the clients
+    sleep what it returns, the sync one with ``time.sleep``, the async one with ``asyncio.sleep``.
     """
 
     def __init__(
         self,
-        requests_per_minute: int | None = None,
+        limit: int | None = None,
         *,
         window: float = 60.0,
         headroom: float = 0.9,
+        burst: int | None = None,
     ) -> None:
-        if requests_per_minute is not None and (
-            isinstance(requests_per_minute, bool)
-            or not isinstance(requests_per_minute, int)
-            or requests_per_minute < 1
-        ):
-            raise ConfigurationError(
-                "requests_per_minute must be an int >= 1", param="requests_per_minute"
-            )
-        if not window > 0:
+        for name, value in (("limit", limit), ("burst", burst)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigurationError(f"{name} must be an int >= 1", param=name)
+        if not isinstance(window, (int, float)) or not window > 0:
             raise ConfigurationError("window must be > 0 seconds", param="window")
-        if not 0 < headroom <= 1:
+        if not isinstance(headroom, (int, float)) or not 0 < headroom <= 1:
             raise ConfigurationError("headroom must be in (0, 1]", param="headroom")
-        self.requests_per_minute = requests_per_minute
+        self.limit = limit
         self.window = float(window)
         self.headroom = float(headroom)
+        self.burst = burst
         self._learned: int | None = None
         self._sent: deque[float] = deque()
+        self._tat = float("-inf")  # GCRA's theoretical arrival time of the next request
         self._not_before = 0.0
         self._lock = threading.Lock()
 
     @property
     def budget(self) -> int | None:
         """Requests allowed per window, or ``None`` while unknown (then nothing is delayed)."""
-        base = self.requests_per_minute or self._learned
+        base = self.limit or self._learned
         if base is None:
             return None
         return max(1, math.floor(base * self.headroom))
@@ -582,15 +586,22 @@ class Pacer:
             slot = max(now, self._not_before)
             budget = self.budget
             if budget is not None:
-                while self._sent and self._sent[0] <= slot - self.window:
-                    self._sent.popleft()
+                interval = self.window / budget
+                burst = min(self.burst or max(1, budget // 6), budget)
+                # Even spacing with a burst tolerance (GCRA)...
+                slot = max(slot, self._tat - (burst - 1) * interval)
+                self._tat = max(self._tat, slot) + interval
+                # ...and never more than `budget` in any sliding window.
                 while len(self._sent) > budget:
                     self._sent.popleft()
                 if len(self._sent) >= budget:
-                    # The request `budget` places back must leave the window first.
                     slot = max(slot, self._sent[-budget] + self.window)
-            self._sent.append(slot)
-            return slot - now
+                if self._sent:
+                    slot = max(slot, self._sent[-1])  # first come, first served: stays sorted
+                self._sent.append(slot)
+            # Sub-microsecond waits are float noise of the arithmetic above, not pacing.
+            wait = slot - now
+            return wait if wait > 1e-6 else 0.0
 
     def observe(self, rate_limit: RateLimit, now: float) -> None:
         """Learn from the API's own view: its limit, and a spent budget's reset time."""
