@@ -475,8 +475,8 @@ class ApiEmulator:
             return APIFailure(
                 401,
                 "live_key_not_accepted",
-                "This is the Proxaro sandbox: it takes test keys (proxaro_test_...) only. "
-                "Live keys (proxaro_live_...) work against https://api.proxaro.io.",
+                "This is the Proxaro sandbox: it takes test keys only (proxaro_test_...), "
+                "not live keys (proxaro_live_...), which work against https://api.proxaro.io.",
             )
         return APIFailure(
             401, "invalid_api_key", "This API key is not known to the sandbox (or was revoked)."
@@ -694,9 +694,14 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/allowlist")
     async def allowlist(self, call: Call) -> JSON:
+        # The reference's list items carry no "object" (its POST answer does): mirror it, so
+        # that a client does not come to rely on a field the real API may not send.
         return {
             "object": "list",
-            "data": [objects.allowlist_entry_object(e) for e in self._my_allowlist()],
+            "data": [
+                {k: v for k, v in objects.allowlist_entry_object(e).items() if k != "object"}
+                for e in self._my_allowlist()
+            ],
         }
 
     @endpoint("POST", "/v1/allowlist", write=True, body=("cidr", "label"))
