@@ -71,7 +71,12 @@ IsBan = Callable[[int, Any, Any], bool]
 _LOWER_EXIT = {h.lower(): h for h in protocol.EXIT_HEADERS}
 _ERROR_HEADER = protocol.HEADER_ERROR.lower()
 _WANTED = frozenset(_LOWER_EXIT) | {_ERROR_HEADER}
-_STATUS_IN_TEXT = re.compile(r"\b([1-5][0-9]{2})\b")
+# A status in a failed CONNECT's message, most explicit form first (never a port or an address).
+_STATUS_IN_TEXT = (
+    re.compile(r"status['\"]?\s*[:=]\s*([1-5][0-9]{2})\b"),
+    re.compile(r"(?<![\d.:])([45][0-9]{2})\s+[A-Z][A-Za-z]"),
+    re.compile(r"(?<![\d.:])([45][0-9]{2})(?![\d.:])"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +235,12 @@ def _classify_exception(exc: BaseException) -> Outcome:
     if proxy:
         # A failed CONNECT: httpx.ProxyError, requests' ProxyError, Scrapy's TunnelError carry
         # the gateway's status in their message but not its headers.
-        match = _STATUS_IN_TEXT.search(str(exc))
+        text = str(exc)
+        match = None
+        for pattern in _STATUS_IN_TEXT:
+            match = pattern.search(text)
+            if match is not None:
+                break
         if match is not None:
             status = int(match.group(1))
             if status == 407:

@@ -83,10 +83,10 @@ class Target:
         put = object.__setattr__
         country: Any = self.country
         countries: Any = self.countries
-        if country is not None and not isinstance(country, str):
+        if country is not None and countries is not None:
+            raise TargetError("give either country or countries, not both", param="country")
+        if isinstance(country, (list, tuple, set, frozenset)):
             # Target(country=["de", "fr"]): the list form of the countries selector.
-            if countries is not None:
-                raise TargetError("give either country or countries, not both", param="country")
             countries, country = country, None
         if country is not None:
             _check_country(country, "country")
