@@ -386,6 +386,7 @@ def test_non_envelope_bodies_become_plain_api_errors(bare: Driver, tiny: TinySer
         bare(lambda c: c.webhooks.list(), client)
     assert "Bad header Bearer proxaro_test_…" in str(bad.value)
     no_secret(bad.value, KEY)
+    assert KEY not in repr(bad.value.body)
 
     assert bare(lambda c: c.status(), client).status == "OK"
     for exc in (err.value, rl.value):

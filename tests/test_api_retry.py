@@ -78,6 +78,7 @@ def http_date(offset: float) -> str:
         (http_date(-120), 0.0),  # a date in the past: go now
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
         ("Wed, 99 Foo 2015 07:28:00 GMT", None),
+        ("Wed, 21 Oct 99999 07:28:00 GMT", None),  # a year datetime cannot hold
         ("Thu, 01 Jan 1970 00:00:00", 0.0),  # no zone: read as UTC
     ],
 )

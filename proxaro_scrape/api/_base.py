@@ -61,7 +61,9 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 # ---------------------------------------------------------------------------- errors
 
 #: The one mapping from the reference's error table to exception classes.  The envelope's
-#: ``type`` decides; a body without an envelope falls back to its status, then to APIError.
+#: ``type`` decides; an envelope with a type this version does not know falls back to its
+#: status, then to APIError.  A body that is not the envelope at all is a plain APIError
+#: (a RateLimitError for a 429, whoever sent it).
 ERROR_TABLE: tuple[tuple[int, str, type[APIError]], ...] = (
     (400, "invalid_request", InvalidRequestError),
     (401, "authentication_required", AuthenticationError),
@@ -82,7 +84,7 @@ RETRY_ANY_METHOD = frozenset({429, 503})
 #: come from load balancers in front of the API: as ambiguous as a 500.
 RETRY_IDEMPOTENT = frozenset({500, 502, 504})
 #: httpx failures that happen before the request left: the server cannot have acted.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 _SNIPPET = 200
 
@@ -103,10 +105,14 @@ def error_from_response(
     key: Secret | None = None,
 ) -> APIError:
     """The exception for a non-2xx answer.  Never raises itself, whatever the body."""
+    if key is not None and key.reveal().encode() in content:
+        # A server (or a proxy) that echoes the Authorization header must not put the key
+        # into the message nor into ``exc.body``.
+        content = content.replace(key.reveal().encode(), str(key).encode())
     envelope: Mapping[str, Any] | None = None
     try:
         body: Any = json.loads(content) if content else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
         envelope = body["error"]
@@ -341,7 +347,7 @@ def parse_response(
         raise error_from_response(status, response.headers, content, now=now, key=key)
     try:
         body = json.loads(content) if content else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         if spec.text_ok:
             return spec.parse({"status": content.decode("utf-8", "replace").strip()})
         raise APIError(
@@ -383,13 +389,11 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
         return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
         return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now)
 
 
 def retry_after_from_headers(headers: Mapping[str, str], *, now: float) -> float | None:
@@ -430,8 +434,11 @@ def should_retry(exc: BaseException, *, idempotent: bool) -> bool:
             return True
         return idempotent and exc.status in RETRY_IDEMPOTENT
     if isinstance(exc, APIConnectionError):
-        if isinstance(exc.__cause__, _NOT_SENT):
-            return not isinstance(exc.__cause__, httpx.UnsupportedProtocol)
+        cause = exc.__cause__
+        if isinstance(cause, httpx.UnsupportedProtocol):
+            return False  # a bad URL stays bad
+        if isinstance(cause, _NOT_SENT):
+            return True
         return idempotent
     return False
 

@@ -19,6 +19,7 @@ import tenacity
 from proxaro_scrape._secrets import Secret
 from proxaro_scrape.api import _resources as r
 from proxaro_scrape.api._base import (
+    DEFAULT_MAX_RETRIES,
     ClientConfig,
     Pacer,
     RateLimit,
@@ -143,7 +144,7 @@ class Proxaro(_ClientBase):
         *,
         api_version: str | None = None,
         timeout: float | httpx.Timeout | None = None,
-        max_retries: int = 2,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         retry_policy: RetryPolicy | None = None,
         pacer: Pacer | None = None,
         default_headers: Mapping[str, str] | None = None,
@@ -226,7 +227,7 @@ class AsyncProxaro(_ClientBase):
         *,
         api_version: str | None = None,
         timeout: float | httpx.Timeout | None = None,
-        max_retries: int = 2,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         retry_policy: RetryPolicy | None = None,
         pacer: Pacer | None = None,
         default_headers: Mapping[str, str] | None = None,
