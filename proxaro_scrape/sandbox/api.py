@@ -223,9 +223,11 @@ class Call:
     body: JSON = field(default_factory=dict)
 
     def match(self, name: str) -> str:
+        """A path parameter (``{code}``, ``{id}``)."""
         return self.request.match_info[name]
 
     def int_param(self, name: str, default: int, lo: int, hi: int) -> int:
+        """An integer query parameter within ``lo..hi``, else 400 naming it."""
         raw = self.query.get(name)
         if raw is None:
             return default
@@ -239,6 +241,7 @@ class Call:
         return int(raw)
 
     def choice_param(self, name: str, choices: tuple[str, ...]) -> str | None:
+        """A query parameter that must be one of ``choices`` (None when absent)."""
         raw = self.query.get(name)
         if raw is not None and raw not in choices:
             raise APIFailure(
@@ -312,6 +315,7 @@ class ApiEmulator:
         self._routes: dict[tuple[str, str], Endpoint] = {}
 
     def add_routes(self, app: web.Application) -> None:
+        """Register every v1 route on ``app`` (the middleware answers them)."""
         for ep in ENDPOINTS:
             self._routes[(ep.method, ep.path)] = ep
             if ep.method == "GET":
@@ -558,12 +562,14 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/me")
     async def me(self, call: Call) -> JSON:
+        """``GET /v1/me``."""
         now = datetime.fromtimestamp(self.world.clock.now(), tz=timezone.utc)
         _, period_end = _month_bounds(now.year, now.month)
         return objects.account_object(self.world, period_end)
 
     @endpoint("GET", "/v1/usage", query=("period", "group_by"))
     async def usage(self, call: Call) -> JSON:
+        """``GET /v1/usage``."""
         world = self.world
         now = datetime.fromtimestamp(world.clock.now(), tz=timezone.utc)
         period = call.query.get("period", "current")
@@ -607,6 +613,7 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/orders", query=("status", "limit", "cursor"))
     async def orders(self, call: Call) -> JSON:
+        """``GET /v1/orders``."""
         status = call.choice_param("status", ORDER_STATUSES)
         limit = call.int_param("limit", 25, 1, 100)
         mine = [
@@ -625,21 +632,25 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/plans", public=True)
     async def plans(self, call: Call) -> JSON:
+        """``GET /v1/plans``."""
         return {"object": "list", "data": [dict(p) for p in PLANS]}
 
     # ------------------------------------------------------------------ gateway
 
     @endpoint("GET", "/v1/credentials")
     async def credentials(self, call: Call) -> JSON:
+        """``GET /v1/credentials``."""
         return objects.credentials_object(self.world)
 
     @endpoint("POST", "/v1/credentials/rotate", write=True)
     async def rotate_credentials(self, call: Call) -> JSON:
+        """``POST /v1/credentials/rotate``."""
         self.world.rotate_credentials()  # emits credentials.rotated
         return objects.rotated_credentials_object(self.world)
 
     @endpoint("GET", "/v1/sessions", query=("limit", "cursor", "exit_class"))
     async def sessions(self, call: Call) -> JSON:
+        """``GET /v1/sessions``."""
         limit = call.int_param("limit", 100, 1, 1000)
         exit_class = call.choice_param("exit_class", protocol.EXIT_CLASSES)
         recent = [
@@ -660,6 +671,7 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/countries")
     async def countries(self, call: Call) -> JSON:
+        """``GET /v1/countries``."""
         return {
             "object": "list",
             "data": [objects.country_object(c) for c in self.world.countries.values()],
@@ -667,6 +679,7 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/countries/{code}/asns")
     async def country_asns(self, call: Call) -> JSON:
+        """``GET /v1/countries/{code}/asns``."""
         world = self.world
         if not world.asn_allowed():
             raise APIFailure(
@@ -694,6 +707,7 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/allowlist")
     async def allowlist(self, call: Call) -> JSON:
+        """``GET /v1/allowlist``."""
         # The reference's list items carry no "object" (its POST answer does): mirror it, so
         # that a client does not come to rely on a field the real API may not send.
         return {
@@ -706,6 +720,7 @@ class ApiEmulator:
 
     @endpoint("POST", "/v1/allowlist", write=True, body=("cidr", "label"))
     async def allowlist_add(self, call: Call) -> JSON:
+        """``POST /v1/allowlist``."""
         world = self.world
         cidr = _required_str(call.body, "cidr")
         label = _optional_str(call.body, "label")
@@ -763,6 +778,7 @@ class ApiEmulator:
 
     @endpoint("DELETE", "/v1/allowlist/{id}", write=True)
     async def allowlist_remove(self, call: Call) -> JSON:
+        """``DELETE /v1/allowlist/{id}``."""
         world = self.world
         entry_id = call.match("id")
         entry = next((e for e in self._my_allowlist() if e.id == entry_id), None)
@@ -787,6 +803,7 @@ class ApiEmulator:
 
     @endpoint("POST", "/v1/webhooks", write=True, body=("url", "events", "label"))
     async def webhook_create(self, call: Call) -> JSON:
+        """``POST /v1/webhooks``."""
         world = self.world
         url = _required_str(call.body, "url")
         parts = urlsplit(url)
@@ -843,11 +860,13 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/webhooks")
     async def webhook_list(self, call: Call) -> JSON:
+        """``GET /v1/webhooks``."""
         mine = [h for h in self.world.webhooks if h.account_id == self.world.account.id]
         return {"object": "list", "data": [objects.webhook_object(h) for h in mine]}
 
     @endpoint("POST", "/v1/webhooks/{id}/rotate", write=True)
     async def webhook_rotate(self, call: Call) -> JSON:
+        """``POST /v1/webhooks/{id}/rotate``."""
         hook = self._my_webhook(call.match("id"))
         hook.secret = objects.new_webhook_secret()
         self.world.note("webhook_secret_rotated", id=hook.id)
@@ -855,6 +874,7 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/webhooks/{id}/attempts", query=("limit", "cursor"))
     async def webhook_attempts(self, call: Call) -> JSON:
+        """``GET /v1/webhooks/{id}/attempts``."""
         hook = self._my_webhook(call.match("id"))
         limit = call.int_param("limit", 25, 1, 100)
         mine = [a for a in self.world.attempts if a.webhook_id == hook.id]
@@ -871,6 +891,7 @@ class ApiEmulator:
 
     @endpoint("GET", "/v1/status", public=True)
     async def status(self, call: Call) -> JSON:
+        """``GET /v1/status``."""
         return {"object": "status", "status": "ok", "time": iso(self.world.clock.now())}
 
 

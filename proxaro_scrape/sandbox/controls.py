@@ -100,11 +100,13 @@ class Body:
         self.data: JSON = data
 
     def has(self, name: str) -> bool:
+        """Is ``name`` given (and not null)?"""
         return self.data.get(name) is not None
 
     def string(
         self, name: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None
     ) -> Any:
+        """A string field, optionally one of ``choices``; ``default`` when absent."""
         value = self.data.get(name)
         if value is None:
             if default is _MISSING:
@@ -124,6 +126,7 @@ class Body:
         hi: float | None = None,
         integer: bool = False,
     ) -> Any:
+        """A number (``integer`` for ints only) within ``lo..hi``; ``default`` when absent."""
         value = self.data.get(name)
         if value is None:
             if default is _MISSING:
@@ -138,12 +141,14 @@ class Body:
         return value
 
     def boolean(self, name: str) -> bool:
+        """A true/false field, false when absent."""
         value = self.data.get(name, False)
         if not isinstance(value, bool):
             raise ControlError(f"'{name}' must be true or false", name)
         return value
 
     def strings(self, name: str, default: Any = _MISSING) -> Any:
+        """A list of strings; ``default`` when absent."""
         value = self.data.get(name)
         if value is None:
             if default is _MISSING:
@@ -185,6 +190,7 @@ class Controls:
         }
 
     def add_routes(self, app: web.Application) -> None:
+        """Register every control on ``app``."""
         for name in self._controls:
             app.router.add_post(f"/_sandbox/{name}", self._handle)
         app.router.add_get("/_sandbox/log", self.get_log)
@@ -221,6 +227,7 @@ class Controls:
     # ------------------------------------------------------------------ account and keys
 
     def plan(self, body: Body) -> JSON:
+        """``POST /_sandbox/plan`` (see the module docstring)."""
         plan = body.string("plan", choices=PLAN_IDS)
         self.world.set_plan(plan)
         per_minute, burst = RATE_LIMITS[plan]
@@ -231,6 +238,7 @@ class Controls:
         }
 
     def keys(self, body: Body) -> JSON:
+        """``POST /_sandbox/keys`` (see the module docstring)."""
         world = self.world
         if not body.has("api_key"):
             if body.boolean("revoke"):
@@ -249,6 +257,7 @@ class Controls:
     # ------------------------------------------------------------------ pool
 
     def country(self, body: Body) -> JSON:
+        """``POST /_sandbox/country`` (see the module docstring)."""
         code = body.string("code")
         if code not in self.world.countries:
             raise ControlError(f"no country {code!r} (codes are lower case)", "code")
@@ -256,6 +265,7 @@ class Controls:
         return objects.country_object(self.world.countries[code])
 
     def asn(self, body: Body) -> JSON:
+        """``POST /_sandbox/asn`` (see the module docstring)."""
         asn = body.string("asn")
         found = self.world.find_asn(asn)
         if found is None:
@@ -273,6 +283,7 @@ class Controls:
     # ------------------------------------------------------------------ faults and time
 
     def faults(self, body: Body) -> JSON:
+        """``POST /_sandbox/faults`` (see the module docstring)."""
         knobs = self.world.knobs
         statuses = body.data.get("statuses")
         if statuses is not None and (
@@ -293,6 +304,7 @@ class Controls:
         return {"statuses": list(knobs.api_fault_queue), "latency_ms": knobs.api_latency_ms}
 
     def grace(self, body: Body) -> JSON:
+        """``POST /_sandbox/grace`` (see the module docstring)."""
         seconds = float(body.number("seconds", lo=0))
         world = self.world
         world.grace_seconds = seconds
@@ -302,6 +314,7 @@ class Controls:
         return {"seconds": seconds}
 
     def clock(self, body: Body) -> JSON:
+        """``POST /_sandbox/clock`` (see the module docstring)."""
         if not body.has("advance") and not body.has("speed"):
             raise ControlError("give 'advance' (seconds) and/or 'speed'", "advance")
         clock = self.world.clock
@@ -319,6 +332,7 @@ class Controls:
     # ------------------------------------------------------------------ credentials
 
     def rotate(self, body: Body) -> JSON:
+        """``POST /_sandbox/rotate`` (see the module docstring)."""
         self.world.rotate_credentials()
         return {
             **objects.rotated_credentials_object(self.world),
@@ -326,6 +340,7 @@ class Controls:
         }
 
     def expire_credentials(self, body: Body) -> JSON:
+        """``POST /_sandbox/expire_credentials`` (see the module docstring)."""
         in_seconds = float(body.number("in_seconds", 0, lo=0))
         cred = self.world.credentials
         cred.expires_at = self.world.clock.now() + in_seconds
@@ -343,6 +358,7 @@ class Controls:
         }
 
     def usage(self, body: Body) -> JSON:
+        """``POST /_sandbox/usage`` (see the module docstring)."""
         world = self.world
         exit_class = body.string("exit_class", "residential", protocol.EXIT_CLASSES)
         country = body.string("country", "us")
@@ -362,6 +378,7 @@ class Controls:
         return self._usage_numbers()
 
     def sessions(self, body: Body) -> JSON:
+        """``POST /_sandbox/sessions`` (see the module docstring)."""
         world = self.world
         count = int(body.number("add", lo=1, hi=5000, integer=True))
         exit_class = body.string("exit_class", None, protocol.EXIT_CLASSES)
@@ -382,6 +399,7 @@ class Controls:
     # ------------------------------------------------------------------ site and gateway knobs
 
     def site(self, body: Body) -> JSON:
+        """``POST /_sandbox/site`` (see the module docstring)."""
         knobs = self.world.knobs
         knobs.site_budget = int(body.number("budget", knobs.site_budget, lo=0, integer=True))
         knobs.site_ban_window = float(body.number("ban_window", knobs.site_ban_window, lo=0.001))
@@ -397,6 +415,7 @@ class Controls:
         }
 
     def gateway(self, body: Body) -> JSON:
+        """``POST /_sandbox/gateway`` (see the module docstring)."""
         world = self.world
         knobs = world.knobs
         knobs.target_timeout = float(body.number("target_timeout", knobs.target_timeout, lo=0.001))
@@ -413,6 +432,7 @@ class Controls:
     # ------------------------------------------------------------------ events and counters
 
     def event(self, body: Body) -> JSON:
+        """``POST /_sandbox/event`` (see the module docstring)."""
         type_ = body.string("type", choices=protocol.WEBHOOK_EVENTS)
         data = body.data.get("data")
         if data is not None and not isinstance(data, dict):
@@ -479,6 +499,7 @@ class Controls:
         return order
 
     def reset_counters(self, body: Body) -> JSON:
+        """``POST /_sandbox/reset_counters`` (see the module docstring)."""
         self.world.counters.clear()
         rate_limits = body.boolean("rate_limits")
         if rate_limits:
@@ -486,6 +507,7 @@ class Controls:
         return {"counters": {}, "rate_limits_reset": rate_limits}
 
     async def get_log(self, request: web.Request) -> web.Response:
+        """``GET /_sandbox/log?kind=a,b``: the sandbox log, oldest first."""
         kinds = request.query.get("kind")
         wanted = [k for k in kinds.split(",") if k] if kinds else None
         data = [
@@ -495,6 +517,7 @@ class Controls:
         return _json({"object": "list", "data": data})
 
     async def get_counters(self, request: web.Request) -> web.Response:
+        """``GET /_sandbox/counters``: ``world.counters`` as one flat object."""
         return _json(dict(self.world.counters))
 
 
