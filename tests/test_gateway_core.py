@@ -613,7 +613,9 @@ def test_schedule() -> None:
     assert "asns" in s.due(64.0)
     assert s.credentials_next_in(None) == 30.0
     assert s.credentials_next_in(75.0) == 15.0  # ahead of expiry
-    assert s.credentials_next_in(-5.0) == 1.0
+    assert s.credentials_next_in(61.5) == 1.5
+    assert s.credentials_next_in(30.0) == 5.0  # inside the margin: every 5 s, no tight loop
+    assert s.credentials_next_in(-5.0) == 5.0
 
 
 @pytest.mark.parametrize(

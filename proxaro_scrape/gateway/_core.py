@@ -586,6 +586,7 @@ class RoutingCore:
         self._coerced: dict[Any, Target] = {}
         self._warned: set[str] = set()
         self._bans: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._asn_in_use: set[str] = set()
         #: Called (outside the per-request lock's critical work) with a country code whose ASNs
         #: the pool view lacks; the manager wakes its driver to fetch them.
         self.want_asns: Callable[[str], None] | None = None
@@ -679,6 +680,8 @@ class RoutingCore:
                 logger.warning("%s", warning)
         plan = _Plan(t)
         geo = t.geo
+        if t.asn is not None and t.country is not None:
+            self._asn_in_use.add(t.country)
         if t.is_selector:
             cands = selector_candidates(pool, geo)
             if not cands:
@@ -777,6 +780,12 @@ class RoutingCore:
         return until is not None and until > now
 
     # ------------------------------------------------------------------ state updates
+
+    def take_asn_countries_in_use(self) -> list[str]:
+        """Countries whose ASNs requests used since the last call (their lists need refreshing)."""
+        with self.lock:
+            used, self._asn_in_use = self._asn_in_use, set()
+        return sorted(code for code in used if code in self.pool.asns)
 
     def install_pool(self, pool: PoolView) -> None:
         """Swap in a new pool view and feed its ``pool_health`` to the breakers."""

@@ -16,6 +16,8 @@ __all__ = ["Schedule"]
 
 #: Refresh credentials this long before ``expires_at``.
 EXPIRY_MARGIN = 60.0
+#: How often to ask for credentials that are about to expire (or expired) and not yet renewed.
+EXPIRED_POLL = 5.0
 #: Never reschedule a job sooner than this after a success.
 MIN_INTERVAL = 1.0
 
@@ -85,4 +87,9 @@ class Schedule:
         interval = self.intervals["credentials"] or 30.0
         if expires_in is None:
             return interval
-        return max(MIN_INTERVAL, min(interval, expires_in - EXPIRY_MARGIN))
+        lead = expires_in - EXPIRY_MARGIN
+        if lead > 0:
+            return max(MIN_INTERVAL, min(interval, lead))
+        # Inside the margin (or past expiry) and still the same credentials: ask again soon,
+        # but not in a tight loop.
+        return min(interval, EXPIRED_POLL)

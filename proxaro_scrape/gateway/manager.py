@@ -432,14 +432,21 @@ class GatewayManager:
         if changed and creds is not None and creds.version > 1:
             logger.info("new gateway credentials in use (version %d)", creds.version)
         with self._sched_lock:
-            if self._sched is not None and creds is not None:
+            sched = self._sched
+            if sched is not None and creds is not None:
+                before = sched.next_at()
                 expires_in = creds.expires_in(time.time())
-                self._sched.done(
+                sched.done(
                     "credentials",
                     True,
                     self._clock(),
-                    next_in=self._sched.credentials_next_in(expires_in),
+                    next_in=sched.credentials_next_in(expires_in),
                 )
+                sooner = sched.next_at() < before
+            else:
+                sooner = False
+        if sooner:
+            self._wake_driver()  # the driver sleeps until the old due time otherwise
         return changed
 
     def _refresh_failed(self, exc: BaseException) -> None:
@@ -540,7 +547,7 @@ class GatewayManager:
             if job == "pool":
                 client = self._sync_client()
                 self._install_countries(client.countries.list())
-                for code in list(self.core.pool.asns):
+                for code in self.core.take_asn_countries_in_use():
                     self._fetch_asns_sync(code)
                 self.core.store.incr("pool_refreshes")
             elif job == "asns":
@@ -670,7 +677,7 @@ class GatewayManager:
             client = self._aclient()
             if job == "pool":
                 self._install_countries(await client.countries.list())
-                for code in list(self.core.pool.asns):
+                for code in self.core.take_asn_countries_in_use():
                     await self._fetch_asns_async(code)
                 self.core.store.incr("pool_refreshes")
             elif job == "asns":
@@ -756,6 +763,14 @@ class GatewayManager:
                     now,
                     next_in=sched.credentials_next_in(creds.expires_in(time.time())),
                 )
+            pool = self.core.pool
+            if pool.asn_allowed:
+                # Every country's ASNs, fetched once in the background right after start, so
+                # that an ASN target is validated from cached data before it is sent.  Later
+                # pool refreshes only re-fetch the countries that ASN targets actually use.
+                for code in pool.countries:
+                    if code not in pool.asns:
+                        sched.want_asns(code, now)
             self._sched = sched
 
     def _poke(self, job: str) -> None:
@@ -801,13 +816,20 @@ class GatewayManager:
             sched = self._sched
             if sched is None or not sched.want_asns(code, self._clock()):
                 return
+        self._wake_driver()
+
+    def _wake_driver(self) -> None:
+        """Wake whichever driver runs so that it re-reads the schedule (from any thread)."""
         loop, awake = self._loop, self._awake
         if self._task is not None and loop is not None and awake is not None:
+            if _running_loop() is loop:
+                awake.set()
+                return
             try:
                 loop.call_soon_threadsafe(awake.set)
-            except RuntimeError:
+            except RuntimeError:  # the loop is closed: nothing to wake
                 pass
-        else:
+        elif self._thread is not None:
             self._wake.set()
 
     def _job_done(self, job: str, ok: bool) -> None:
