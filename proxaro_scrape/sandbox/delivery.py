@@ -188,14 +188,18 @@ class WebhookDeliverer:
     async def close(self) -> None:
         """Stop: cancel the scheduler and the attempts in flight, close the HTTP client."""
         self._closed = True
-        tasks = [t for t in (self._task, *self._inflight) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
+        self._queue.clear()
+        # Loop: on Python 3.11 asyncio.wait_for can swallow a cancellation that races with its
+        # inner wait, so the scheduler may have started one more attempt meanwhile.
+        for _ in range(10):
+            tasks = [t for t in (self._task, *self._inflight) if t is not None and not t.done()]
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
         self._inflight.clear()
-        self._queue.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -235,7 +239,7 @@ class WebhookDeliverer:
 
     async def _run(self) -> None:
         assert self._wake is not None
-        while True:
+        while not self._closed:
             now = self.world.clock.now()
             while self._queue and self._queue[0].due <= now:
                 delivery = heapq.heappop(self._queue)
@@ -270,6 +274,8 @@ class WebhookDeliverer:
     async def _attempt(self, delivery: _Delivery) -> None:
         assert self._semaphore is not None
         async with self._semaphore:
+            if self._closed:
+                return
             endpoint = self._endpoint(delivery.webhook_id)
             if endpoint is None:
                 # Deleted since: nothing to deliver to any more.
@@ -365,6 +371,8 @@ class WebhookDeliverer:
         return status, f"HTTP {status}"
 
     def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise aiohttp.ClientError("the deliverer is closed")
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 ssl=self.ssl_context,
