@@ -198,7 +198,8 @@ async def test_every_event_type_delivered_signed_to_subscribers(sb: Sandbox) -> 
                 sig = headers[protocol.SIGNATURE_HEADER]
                 assert verify_signature(body, sig, "whsec_test_other")
                 assert not verify_signature(body, sig, SECRET)
-            assert [e.id for e in received] == [e.id for e in emitted]
+            # Deliveries run concurrently: no order is promised, only each event once.
+            assert sorted(e.id for e in received) == sorted(e.id for e in emitted)
             assert all(e.known for e in received)
 
             recorded = attempts(sb, hook_all)
