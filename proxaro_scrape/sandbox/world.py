@@ -697,10 +697,24 @@ class World:
                 )
 
     def record_session(
-        self, exit: Exit, started_at: float, ended_at: float, bytes_sent: int, bytes_recv: int
+        self,
+        exit: Exit,
+        started_at: float,
+        ended_at: float,
+        bytes_sent: int,
+        bytes_recv: int,
+        *,
+        session_id: str | None = None,
+        count_usage: bool = True,
     ) -> SessionRecord:
+        """Record one finished gateway session (and, unless told not to, its bytes as usage).
+
+        The gateway, which records one per request, passes a ``session_id`` of its own making
+        (``new_id`` is too slow for its hot path) and ``count_usage=False`` when it batches
+        the usage itself.
+        """
         rec = SessionRecord(
-            id=self.new_id("sess"),
+            id=session_id or self.new_id("sess"),
             started_at=started_at,
             ended_at=ended_at,
             exit_ip=exit.ip,
@@ -711,7 +725,8 @@ class World:
             bytes_recv=bytes_recv,
         )
         self.sessions.append(rec)
-        self.add_usage(exit.exit_class, exit.country, bytes_sent + bytes_recv)
+        if count_usage:
+            self.add_usage(exit.exit_class, exit.country, bytes_sent + bytes_recv)
         return rec
 
     def recent_sessions(self) -> list[SessionRecord]:
