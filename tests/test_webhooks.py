@@ -553,3 +553,55 @@ def test_listen_runs_until_stopped(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -
         thread.join(10)
     assert not thread.is_alive()
     assert got == ["evt_01 credentials.rotated"]
+
+
+# ---------------------------------------------------------------------------- public surface
+
+
+def test_public_api_is_pinned() -> None:
+    import proxaro_scrape
+    import proxaro_scrape.webhooks as webhooks
+
+    assert webhooks.__all__ == [
+        "MANAGER_EVENTS",
+        "SIGNATURE_HEADER",
+        "WEBHOOK_EVENTS",
+        "AllowlistChange",
+        "CredentialsRotated",
+        "EventDeduplicator",
+        "OrderChange",
+        "UsageThreshold",
+        "WebhookEvent",
+        "WebhookReceiver",
+        "alisten",
+        "compute_signature",
+        "listen",
+        "parse_event",
+        "verify_event",
+        "verify_signature",
+    ]
+    for name in (
+        "EventDeduplicator",
+        "WebhookEvent",
+        "WebhookReceiver",
+        "compute_signature",
+        "parse_event",
+        "verify_event",
+        "verify_signature",
+    ):
+        assert getattr(proxaro_scrape, name) is getattr(webhooks, name)
+        assert name in proxaro_scrape.__all__
+    for name in ("WebhookError", "WebhookPayloadError", "WebhookSignatureError"):
+        assert name in proxaro_scrape.__all__
+
+
+def test_import_pulls_in_no_http_framework() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, proxaro_scrape.webhooks\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'scrapy', 'requests')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
