@@ -448,13 +448,15 @@ class WebhookReceiver:
     - a verified body that is not an event → 400 ``invalid_payload``.
     - an event id seen before (the last ``dedupe_size`` ids) → 200 ``{"duplicate": true}``,
       no handler runs again.
-    - otherwise → 200, and the event goes to the handlers *after* the answer is sent: an
-      exception in a handler is logged, never turned into a retry.
+    - otherwise → 200, and the event goes to the handlers in a task of its own, off the
+      response path: the answer never waits for a handler, and an exception in a handler is
+      logged, never turned into a retry.
 
-    Handlers (:meth:`on`) take the :class:`WebhookEvent`.  Coroutine functions run as tasks on
-    the receiver's loop; plain functions run in one worker thread, one at a time in order of
-    arrival, so a slow or blocking handler never stalls the loop; ``inline=True`` handlers are
-    called on the loop directly (they must not block).
+    Handlers (:meth:`on`) take the :class:`WebhookEvent`; an event's handlers run one after
+    the other, in registration order.  Coroutine functions run on the receiver's loop; plain
+    functions run in one worker thread (one at a time), so a slow or blocking handler never
+    stalls the loop; ``inline=True`` handlers are called on the loop directly (they must not
+    block).  Events are not ordered: Proxaro's deliveries are concurrent and retried anyway.
 
     Serve it with :meth:`start` / :meth:`close` (or ``async with receiver.serve(...)``), mount
     :attr:`app` in your own ``aiohttp`` server, or hand :meth:`asgi` to an ASGI server.
