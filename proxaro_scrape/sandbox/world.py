@@ -17,7 +17,7 @@ import random
 import string
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -669,6 +669,17 @@ class World:
         bucket = self.usage.setdefault(self.period_key(), {})
         bucket[("class", exit_class)] = bucket.get(("class", exit_class), 0) + nbytes
         bucket[("country", country)] = bucket.get(("country", country), 0) + nbytes
+        self._check_thresholds()
+
+    def add_usage_batch(self, amounts: Mapping[tuple[str, str], int]) -> None:
+        """:meth:`add_usage` for many ``(exit_class, country) -> bytes`` at once, with one
+        period lookup and one threshold check (the gateway's once-per-loop-turn flush)."""
+        if not amounts:
+            return
+        bucket = self.usage.setdefault(self.period_key(), {})
+        for (exit_class, country), nbytes in amounts.items():
+            bucket[("class", exit_class)] = bucket.get(("class", exit_class), 0) + nbytes
+            bucket[("country", country)] = bucket.get(("country", country), 0) + nbytes
         self._check_thresholds()
 
     def used_bytes(self, period: str | None = None) -> int:
