@@ -141,7 +141,7 @@ class Route:
 class _Step:
     """One target of a failover chain, with everything the hot path precomputes for it."""
 
-    __slots__ = ("target", "keys", "fail_key", "stat_keys", "label", "_names")
+    __slots__ = ("target", "keys", "fail_key", "stat_keys", "retry_stat_keys", "label", "_names")
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -158,9 +158,11 @@ class _Step:
         self.keys = tuple(keys)
         self.fail_key = keys[0]
         self.stat_keys = (
+            "requests",
             f"requests/country/{target.country or 'any'}",
             f"requests/exit_class/{target.exit_class or 'any'}",
         )
+        self.retry_stat_keys = (*self.stat_keys, "retries")
         self._names: dict[tuple[str, str | None, int | None], str] = {}
 
     def username(self, base: str, session_id: str | None, ttl: int | None) -> str:
@@ -187,7 +189,7 @@ class _Plan:
         self.target = target
         self.candidates: list[Target] = []
         self.cum_weights: list[float] = []
-        self.chains: dict[Target, tuple[_Step, ...]] = {}
+        self.chains: dict[str, tuple[_Step, ...]] = {}  # by the resolved target's key
         self.fallback: Target | None = None
         self.send_ttl = target.session_ttl is not None
 
@@ -217,6 +219,7 @@ class RequestRouting:
         "_stale_for",
         "_blind_502",
         "_explicit",
+        "_entry",
         "last_outcome",
     )
 
@@ -229,6 +232,7 @@ class RequestRouting:
         chain: tuple[_Step, ...],
         session_key: Hashable | None,
         explicit: str | None,
+        entry: StickySession | None,
     ) -> None:
         self._core = core
         self.url = url
@@ -247,6 +251,7 @@ class RequestRouting:
         self._stale_for = -1
         self._blind_502 = 0
         self._explicit = explicit
+        self._entry = entry
         self.last_outcome: Outcome | None = None
 
     @property
@@ -307,11 +312,22 @@ class RequestRouting:
             self._last_idx = i
             session_id: str | None = None
             ttl: int | None = None
-            key = self.session_key
-            if key is not None:
-                entry = core.sessions.get(key, now)
-                if entry is None:
-                    entry = core._open_session(key, self.resolved, now, self._explicit, self.target)
+            entry = self._entry
+            if entry is not None:
+                if not (
+                    now < entry.expires_at
+                    and (entry.max_requests is None or entry.requests < entry.max_requests)
+                    and self._attempts == 0
+                ):
+                    # Later attempts, or a session that ended: look it up again (a rotation
+                    # or an eviction may have happened meanwhile).
+                    key = self.session_key
+                    entry = core.sessions.get(key, now)
+                    if entry is None:
+                        entry = core._open_session(
+                            key, self.resolved, now, self._explicit, self.target
+                        )
+                    self._entry = entry
                 session_id = entry.session_id
                 ttl = entry.ttl_minutes
             creds = core.creds.current
@@ -327,11 +343,7 @@ class RequestRouting:
             )
             self._route = route
             self._step = step
-            store.incr("requests")
-            store.incr(step.stat_keys[0])
-            store.incr(step.stat_keys[1])
-            if self._attempts > 1:
-                store.incr("retries")
+            store.incr_many(step.stat_keys if self._attempts == 1 else step.retry_stat_keys)
             return route
 
     def observe(
@@ -581,7 +593,7 @@ class RoutingCore:
         self.usage = UsageGuard(usage_cap_action)
         self.lock = threading.Lock()
         self.last_refresh_error: str | None = None
-        self._plans: dict[Target, _Plan] = {}
+        self._plans: dict[str, _Plan] = {}  # by Target.key, per pool version
         self._steps: dict[Target, _Step] = {}
         self._coerced: dict[Any, Target] = {}
         self._warned: set[str] = set()
@@ -613,30 +625,36 @@ class RoutingCore:
             t = self._coerce(target)
         explicit = t.session
         if explicit is not None:
-            key: Hashable | None = ("s", explicit, t.geo)
+            key: Hashable | None = ("s", explicit, t.geo.key)
         elif session_key is not None:
-            key = ("k", session_key, t)
+            key = ("k", session_key, t.key)
         elif self.sticky == "domain":
-            key = ("d", _host(url), t)
+            key = ("d", _host(url), t.key)
         else:
             key = None
+        entry: StickySession | None = None
         with self.lock:
-            plan = self._plans.get(t)
+            plan = self._plans.get(t.key)
             if plan is None:
                 plan = self._plan(t)
-            now = self.clock()
-            entry = self.sessions.get(key, now) if key is not None else None
-            if entry is not None:
+            if key is not None:
+                now = self.clock()
+                entry = self.store.session_get(key)
+                if entry is not None and not (
+                    now < entry.expires_at
+                    and (entry.max_requests is None or entry.requests < entry.max_requests)
+                ):
+                    self.store.session_pop(key)
+                    entry = None
+                if entry is None:
+                    entry = self._open_session(key, self._pick(plan), now, explicit, t)
                 resolved = entry.target
             else:
                 resolved = self._pick(plan)
-                if key is not None:
-                    self._open_session(key, resolved, now, explicit, t)
-            chain = plan.chains.get(resolved)
+            chain = plan.chains.get(resolved.key)
             if chain is None:
                 chain = self._chain(plan, resolved)
-            self.store.incr("logical_requests")
-        return RequestRouting(self, url, t, resolved, chain, key, explicit)
+        return RequestRouting(self, url, t, resolved, chain, key, explicit, entry)
 
     def _coerce(self, target: Any) -> Target:
         try:
@@ -708,7 +726,7 @@ class RoutingCore:
                     self._want_later(t.country)
         if len(self._plans) >= _CACHE_LIMIT:
             self._plans.clear()
-        self._plans[t] = plan
+        self._plans[t.key] = plan
         return plan
 
     def _want_later(self, code: str) -> None:
@@ -754,10 +772,17 @@ class RoutingCore:
                 step = self._steps[t] = _Step(t)
             steps.append(step)
         chain = tuple(steps)
-        plan.chains[resolved] = chain
+        plan.chains[resolved.key] = chain
         return chain
 
     def _available(self, step: _Step, now: float) -> bool:
+        get = self.store.breaker_get
+        for k in step.keys:
+            st = get(k)
+            if st is not None and st.state != CLOSED:
+                break
+        else:
+            return True  # the common case: every breaker of the step closed
         b = self.breakers
         for k in step.keys:
             if b.is_open(k, now):
@@ -816,6 +841,7 @@ class RoutingCore:
         """Counters plus a few gauges, as flat ``str → int``."""
         with self.lock:
             out = self.store.counters()
+            out["logical_requests"] = out.get("requests", 0) - out.get("retries", 0)
             out["sessions"] = self.store.session_count()
             out["credentials_version"] = self.creds.version
             out["breakers_open"] = sum(
@@ -835,6 +861,16 @@ def _diffs(cum: list[float]) -> list[float]:
 
 def _host(url: str) -> str:
     """The lower-cased host of ``url`` (fast: this is on the per-request path)."""
+    parts = url.split("/", 3)
+    if len(parts) > 2 and parts[1] == "" and parts[0][-1:] == ":":
+        hostport = parts[2]
+        if "?" not in hostport and "#" not in hostport and "@" not in hostport:
+            if hostport[:1] != "[":
+                return hostport.partition(":")[0].lower()
+    return _host_slow(url)
+
+
+def _host_slow(url: str) -> str:
     i = url.find("://")
     rest = url[i + 3 :] if i >= 0 else url
     end = len(rest)

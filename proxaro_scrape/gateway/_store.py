@@ -64,6 +64,11 @@ class Store(ABC):
     def incr(self, key: str, n: int = 1) -> None:
         """Add ``n`` to a counter."""
 
+    def incr_many(self, keys: tuple[str, ...]) -> None:
+        """Add 1 to each counter of ``keys`` (one call on the per-request path)."""
+        for key in keys:
+            self.incr(key)
+
     @abstractmethod
     def counters(self) -> dict[str, int]:
         """A snapshot of every counter."""
@@ -132,6 +137,11 @@ class MemoryStore(Store):
 
     def incr(self, key: str, n: int = 1) -> None:
         self._counters[key] += n
+
+    def incr_many(self, keys: tuple[str, ...]) -> None:
+        counters = self._counters
+        for key in keys:
+            counters[key] += 1
 
     def counters(self) -> dict[str, int]:
         return dict(self._counters)

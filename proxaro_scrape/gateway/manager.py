@@ -242,7 +242,7 @@ class GatewayManager:
         """Validate ``target`` (syntax and, once started, against the pool view) and return it."""
         t = Target.coerce(target) or self.core.default_target
         with self.core.lock:
-            if t not in self.core._plans:
+            if t.key not in self.core._plans:
                 self.core._plan(t)
         return t
 
@@ -250,7 +250,8 @@ class GatewayManager:
         """A snapshot of the counters (flat ``str → int``).
 
         ``requests`` (attempts routed), ``requests/country/<code|any>``,
-        ``requests/exit_class/<class|any>``, ``logical_requests``, ``retries``, ``successes``,
+        ``requests/exit_class/<class|any>``, ``logical_requests`` (requests minus retries),
+        ``retries``, ``successes``,
         ``outcomes/<kind>``, ``bans``, ``bans/country/<code>``, ``failovers``, ``region_dead``,
         ``breakers_opened``, ``breakers_closed``, ``breakers_open``, ``exhausted``,
         ``sessions`` (in the table), ``sessions_opened``, ``sessions_rotated``, ``exits_used``,

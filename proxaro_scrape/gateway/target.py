@@ -76,8 +76,10 @@ class Target:
     session_ttl: int | None = None
     countries: tuple[str, ...] | None = None
     continent: str | None = None
-    # Precomputed once: hashing and breaker keys are on the per-request path.
+    # Precomputed once: hashing is on the per-request path.  ``key`` is a string that two
+    # targets share exactly when they are equal (a str caches its hash, a dataclass does not).
     _hash: int = field(init=False, repr=False, compare=False, default=0)
+    key: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -187,22 +189,21 @@ class Target:
                     "session_ttl only applies to a sticky session (session='..')",
                     param="session_ttl",
                 )
-        put(
-            self,
-            "_hash",
-            hash(
-                (
-                    self.country,
-                    self.city,
-                    self.asn,
-                    self.exit_class,
-                    self.session,
-                    self.session_ttl,
-                    self.countries,
-                    self.continent,
-                )
-            ),
+        key = "\x1f".join(
+            "" if v is None else ",".join(v) if isinstance(v, tuple) else str(v)
+            for v in (
+                self.country,
+                self.city,
+                self.asn,
+                self.exit_class,
+                self.session,
+                self.session_ttl,
+                self.countries,
+                self.continent,
+            )
         )
+        put(self, "key", key)
+        put(self, "_hash", hash(key))
 
     def __hash__(self) -> int:
         return self._hash
