@@ -74,6 +74,8 @@ ENV_API_KEY = "PROXARO_API_KEY"
 REFRESH_COOLDOWN = 1.0
 #: Longest a sync caller waits for another caller's refresh (seconds).
 REFRESH_WAIT = 60.0
+#: ASN lists fetched per run of the background job.
+ASN_BATCH = 8
 #: Events handle_event reacts to.
 MANAGER_EVENTS = (
     "credentials.rotated",
@@ -552,9 +554,7 @@ class GatewayManager:
                     self._fetch_asns_sync(code)
                 self.core.store.incr("pool_refreshes")
             elif job == "asns":
-                with self._sched_lock:
-                    wanted = list(self._sched.wanted_asns) if self._sched else []
-                for code in wanted:
+                for code in self._asns_batch():
                     self._fetch_asns_sync(code)
             elif job == "usage":
                 ok = self._usage_sync()
@@ -682,9 +682,7 @@ class GatewayManager:
                     await self._fetch_asns_async(code)
                 self.core.store.incr("pool_refreshes")
             elif job == "asns":
-                with self._sched_lock:
-                    wanted = list(self._sched.wanted_asns) if self._sched else []
-                for code in wanted:
+                for code in self._asns_batch():
                     await self._fetch_asns_async(code)
             elif job == "usage":
                 ok = await self._usage_async()
@@ -833,10 +831,22 @@ class GatewayManager:
         elif self._thread is not None:
             self._wake.set()
 
+    def _asns_batch(self) -> list[str]:
+        """A few wanted countries at a time, so a long ASN prefetch never holds up a credentials
+        poll: the driver comes back to the schedule between batches."""
+        with self._sched_lock:
+            wanted = sorted(self._sched.wanted_asns) if self._sched else []
+        if self.core.pool.asn_allowed is False:
+            return []
+        return wanted[:ASN_BATCH]
+
     def _job_done(self, job: str, ok: bool) -> None:
         with self._sched_lock:
-            if self._sched is not None:
-                self._sched.done(job, ok, self._clock())
+            sched = self._sched
+            if sched is not None:
+                sched.done(job, ok, self._clock())
+                if job == "asns" and ok and sched.wanted_asns:
+                    sched.poke("asns", self._clock())  # more to fetch: the next batch
 
     def _job_failed(self, job: str, exc: BaseException) -> None:
         if job == "credentials":
@@ -877,6 +887,9 @@ class GatewayManager:
             if self.core.pool.asn_allowed is not False:
                 logger.info("ASN targeting is not available on this plan (scope_required)")
             self.core.install_pool(self.core.pool.with_asn_forbidden())
+            with self._sched_lock:
+                if self._sched is not None:
+                    self._sched.wanted_asns.clear()  # no other country will answer otherwise
         elif isinstance(exc, PermissionDeniedError):
             # A read-only key cannot be the reason (listing is a read); note it and move on.
             logger.warning("could not list the ASNs of %s: %s", code, exc)
