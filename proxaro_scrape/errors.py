@@ -169,6 +169,19 @@ class UsageCapError(ProxaroError):
     """The plan's bandwidth cap is reached and the usage guard is set to stop routing."""
 
 
+class RequestNotReplayableError(ProxaroError):
+    """An attempt failed and must be sent again, but its body was a one-shot stream.
+
+    The client-stack integrations resend a request after a ban, a dead region, an exit failure
+    or a credentials refresh; a body given as bytes can be sent again, a generator or a file
+    being streamed cannot.  ``kind`` is the outcome of the attempt that failed (``"ban"``...).
+    """
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
 # ---------------------------------------------------------------------------- webhooks
 
 
