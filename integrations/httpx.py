@@ -1,0 +1,633 @@
+"""httpx transports that route every request through the Proxaro gateway.
+
+::
+
+    import httpx
+    from proxaro_scrape import GatewayManager
+    from proxaro_scrape.integrations.httpx import ProxaroTransport
+
+    with GatewayManager(target={"country": "us"}) as mgr, httpx.Client(
+        transport=ProxaroTransport(mgr), follow_redirects=True
+    ) as client:
+        r = client.get("https://shop.example/")                         # the default target
+        r = client.get(url, extensions={"proxaro": {"country": "de"}})  # this request only
+        r = client.get(url, extensions={"proxaro_session": "cart42"})   # sticky: one exit
+        r = client.get(url, extensions={"proxaro": False})              # direct, no gateway
+        r.extensions["proxaro_exit"]   # ExitInfo(ip=..., country=..., asn=..., exit_class=...)
+
+:class:`AsyncProxaroTransport` is the twin for ``httpx.AsyncClient`` (``await mgr.astart()``).
+Both also work in ``mounts`` (``{"https://": ProxaroTransport(mgr)}``).  A transport replaces
+the client's own, so TLS settings go to the transport: ``ProxaroTransport(mgr,
+verify=ssl_context)``; ``limits`` and other :class:`httpx.HTTPTransport` options too.
+
+How a request travels:
+
+- **Plain HTTP**: one inner transport whose proxy is the gateway *without* credentials; each
+  request carries its own ``Proxy-Authorization`` (the gateway authenticates every request on
+  its own), so requests with different targets share keep-alive connections: the gateway sees
+  no more connections than there are requests in flight, whatever the targeting.
+- **HTTPS**: the tunnel is authenticated once, by its ``CONNECT``, so tunnels are pooled per
+  gateway username and credentials version: inner transports in a bounded LRU
+  (``tunnel_pools``), each closed when evicted and no longer carrying a request.  The exit of a
+  tunnel (the ``CONNECT`` answer's ``X-Proxaro-Exit-*``) is remembered per connection, and a
+  refused ``CONNECT``'s ``X-Proxaro-Error`` reaches the manager, through httpcore's ``trace``
+  extension (a ``trace`` of your own is still called).
+- **Answers** are classified by the manager (``rr.observe``) from status and headers, before
+  the body is read, so streaming stays streaming.  407: fresh credentials, sent once more.
+  Ban, dead region, exit failure, timeout: what the manager decides (new session, failover,
+  retry).  An answer that will be retried is read (up to 64 KiB, so its connection is reused)
+  or dropped with its connection; a banned tunnel is always dropped, since its exit is burnt.
+  When the attempt budget is spent, :class:`~proxaro_scrape.AttemptsExhaustedError` is raised:
+  a banned answer is never handed back as if it were the page.
+- **Bodies**: bytes (``content=b"..."``, ``json=``, ``data=`` of a form) are resent as they are;
+  a generator or a file being streamed cannot be, and a retry then raises
+  :class:`~proxaro_scrape.RequestNotReplayableError`.
+- **Credentials** never reach a target: the plain-HTTP ``Proxy-Authorization`` is put on the
+  request for the attempt and taken off again (redirects and ``response.request`` never see
+  it), and an HTTPS request never carries one (the tunnel's is on the ``CONNECT`` only).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+try:
+    import httpx
+except ImportError as _exc:  # pragma: no cover - httpx is a core dependency
+    raise ImportError(
+        'proxaro_scrape.integrations.httpx needs httpx: pip install "proxaro-scrape[httpx]"'
+    ) from _exc
+
+from proxaro_scrape.gateway import ExitInfo, GatewayManager, RequestRouting, Route, Target
+from proxaro_scrape.gateway.outcome import Outcome
+
+from ._common import (
+    DRAIN_LIMIT,
+    PROXY_AUTHORIZATION,
+    UNSET,
+    PoolLRU,
+    cert_failure,
+    check_spec,
+    final_error,
+    gateway_pairs,
+    not_replayable,
+)
+
+__all__ = ["DEFAULT_LIMITS", "AsyncProxaroTransport", "ProxaroTransport", "exit_of"]
+
+#: Every plain-HTTP connection goes to the same gateway, so keep alive as many as may be open
+#: (httpx's own default keeps 20 of 100, which makes a busy client reconnect all the time).
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+
+_EXT_TARGET = "proxaro"
+_EXT_SESSION = "proxaro_session"
+_EXT_EXIT = "proxaro_exit"
+# Errors that a gateway, an exit or a target can cause.  Others (a local pool timeout, a bad
+# URL, a protocol misuse) are the caller's and are raised as they are.
+_GATEWAY_FAULTS = (
+    httpx.NetworkError,
+    httpx.ConnectTimeout,
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+    httpx.ProxyError,
+    httpx.RemoteProtocolError,
+)
+
+
+def exit_of(response: httpx.Response) -> ExitInfo | None:
+    """The exit that carried ``response`` (``None`` when not routed or not reported)."""
+    return response.extensions.get(_EXT_EXIT)
+
+
+def _gateway_fault(exc: BaseException) -> bool:
+    return isinstance(exc, _GATEWAY_FAULTS) and not cert_failure(exc)
+
+
+def _replayable(request: httpx.Request) -> bool:
+    # ByteStream (bytes, json, form data, no body) can be iterated again; generators, files
+    # and multipart streams of files cannot be trusted to.
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+def _drainable(response: httpx.Response) -> bool:
+    length = response.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT
+
+
+class _ConnectTrace:
+    """httpcore ``trace`` hook: the ``CONNECT`` answer, and the exit of each new tunnel.
+
+    httpcore reads the ``CONNECT`` answer and keeps nothing of it but the status (in a
+    ``ProxyError`` message when it is not 2xx).  The trace sees its headers: the exit
+    (``X-Proxaro-Exit-*``) of a tunnel it opened, or the gateway's ``X-Proxaro-Error``.
+    """
+
+    __slots__ = ("owner", "user", "connecting", "status", "headers")
+
+    def __init__(self, owner: _Base, user: Any) -> None:
+        self.owner = owner
+        self.user = user
+        self.connecting = False
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def see(self, name: str, info: dict[str, Any]) -> None:
+        if name == "http11.send_request_headers.started":
+            self.connecting = info["request"].method == b"CONNECT"
+        elif name == "http11.receive_response_headers.complete" and self.connecting:
+            self.connecting = False
+            _, status, _, headers = info["return_value"]
+            self.status = status
+            self.headers = gateway_pairs(headers)
+        elif name == "proxy.start_tls.complete" and self.status is not None:
+            # The TLS stream is what every later response on this tunnel names as its
+            # network_stream: remember the tunnel's exit under it.
+            self.owner._remember_exit(info["return_value"], self.headers)
+
+
+class _SyncTrace(_ConnectTrace):
+    __slots__ = ()
+
+    def __call__(self, name: str, info: dict[str, Any]) -> None:
+        self.see(name, info)
+        if self.user is not None:
+            self.user(name, info)
+
+
+class _AsyncTrace(_ConnectTrace):
+    __slots__ = ()
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        self.see(name, info)
+        if self.user is not None:
+            await self.user(name, info)
+
+
+class _Base:
+    """What the sync and async transports share: configuration, targets, pools, exits."""
+
+    def __init__(
+        self,
+        manager: GatewayManager,
+        *,
+        target: Target | Mapping[str, Any] | None = None,
+        session_key: Any = None,
+        tunnel_pools: int = 64,
+        verify: Any = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        **options: Any,
+    ) -> None:
+        if not isinstance(manager, GatewayManager):
+            raise TypeError("the first argument is a started GatewayManager")
+        if "proxy" in options or "proxies" in options:
+            raise TypeError("the Proxaro transports choose the proxy themselves: drop proxy=")
+        self._manager = manager
+        spec = check_spec(target)
+        if spec is False or spec is UNSET:
+            raise TypeError("target is a Target, a dict or None")
+        self._target: Target | None = spec
+        self._session_key = session_key
+        ctx = verify
+        if not hasattr(ctx, "wrap_socket"):
+            # One SSL context for every inner transport: building one per pool costs ~ms.
+            ctx = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        self._options: dict[str, Any] = {
+            "verify": ctx,
+            "trust_env": trust_env,
+            "limits": limits,
+            **options,
+        }
+        self._lock = threading.Lock()
+        self._plain: tuple[str, Any] | None = None
+        self._retired: list[Any] = []
+        self._direct: Any = None
+        self._tunnels: PoolLRU[tuple[str, str, int], Any] = PoolLRU(tunnel_pools)
+        self._tunnel_version = 0
+        self._exits: weakref.WeakKeyDictionary[Any, list[tuple[bytes, bytes]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._exits_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} tunnel_pools={len(self._tunnels)}/{self._tunnels.maxsize} "
+            f"manager={self._manager!r}>"
+        )
+
+    @property
+    def manager(self) -> GatewayManager:
+        """The gateway manager this transport routes with."""
+        return self._manager
+
+    # ------------------------------------------------------------------ per request
+
+    def _begin(self, request: httpx.Request) -> RequestRouting | None:
+        """The routing of ``request``, or ``None`` when it goes direct (``proxaro: False``)."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        ext = request.extensions
+        spec = ext.get(_EXT_TARGET, UNSET)
+        if spec is False:
+            return None
+        if spec is UNSET or spec is None:
+            spec = self._target
+        key = ext.get(_EXT_SESSION)
+        if key is None:
+            key = self._session_key
+        return self._manager.request(str(request.url), spec, key)
+
+    def _observe_answer(
+        self, rr: RequestRouting, response: httpx.Response, tunnel: bool, body: Any
+    ) -> Outcome:
+        if tunnel:
+            # Inside a tunnel every header is the target's, which could claim to be the
+            # gateway: only the CONNECT answer's X-Proxaro-* count.
+            pairs = self._exit_pairs(response)
+            if self._manager.core.is_ban is not None:
+                site = [p for p in response.headers.raw if p not in gateway_pairs([p])]
+                return rr.observe(status=response.status_code, headers=site + pairs, body=body)
+            return rr.observe(status=response.status_code, headers=pairs)
+        if self._manager.core.is_ban is not None:
+            return rr.observe(status=response.status_code, headers=response.headers, body=body)
+        return rr.observe(status=response.status_code, headers=gateway_pairs(response.headers.raw))
+
+    def _observe_failure(
+        self, rr: RequestRouting, exc: BaseException, trace: _ConnectTrace | None
+    ) -> Outcome:
+        if trace is not None and trace.status is not None and not 200 <= trace.status < 300:
+            # A refused CONNECT: its status and X-Proxaro-Error say exactly why.
+            return rr.observe(status=trace.status, headers=trace.headers)
+        return rr.observe(exception=exc)
+
+    def _needs_body(self) -> bool:
+        return self._manager.core.is_ban is not None
+
+    # ------------------------------------------------------------------ pools
+
+    def _transport_class(self) -> Any:
+        raise NotImplementedError
+
+    def _plain_for(self, route: Route) -> Any:
+        plain = self._plain
+        url = route.gateway_url
+        if plain is not None and plain[0] == url:
+            return plain[1]
+        with self._lock:
+            plain = self._plain
+            if plain is not None and plain[0] == url:
+                return plain[1]
+            if plain is not None:
+                # The gateway moved (new credentials): requests in flight finish on the old
+                # pool, which is closed with the transport.
+                self._retired.append(plain[1])
+            transport = self._transport_class()(proxy=httpx.Proxy(url), **self._options)
+            self._plain = (url, transport)
+            return transport
+
+    def _direct_transport(self) -> Any:
+        if self._direct is None:
+            with self._lock:
+                if self._direct is None:
+                    self._direct = self._transport_class()(**self._options)
+        return self._direct
+
+    def _tunnel_for(self, route: Route) -> tuple[Any, list[Any]]:
+        version = route.credentials_version
+        closing: list[Any] = []
+        if version > self._tunnel_version:
+            # Tunnels of older credentials keep serving what they carry, then close.
+            self._tunnel_version = version
+            closing = self._tunnels.retire(lambda key: key[2] < version)
+        key = (route.gateway_url, route.username, version)
+
+        def create() -> Any:
+            proxy = httpx.Proxy(route.gateway_url, auth=(route.username, route.password.reveal()))
+            return self._transport_class()(proxy=proxy, **self._options)
+
+        entry, evicted = self._tunnels.acquire(key, create)
+        return entry, closing + evicted
+
+    def _remember_exit(self, stream: Any, pairs: list[tuple[bytes, bytes]]) -> None:
+        try:
+            with self._exits_lock:
+                self._exits[stream] = pairs
+        except TypeError:  # a stream that cannot be weakly referenced: no exit for it
+            pass
+
+    def _exit_pairs(self, response: httpx.Response) -> list[tuple[bytes, bytes]]:
+        stream = response.extensions.get("network_stream")
+        if stream is None:
+            return []
+        with self._exits_lock:
+            try:
+                return self._exits.get(stream) or []
+            except TypeError:
+                return []
+
+    def _all_pools(self) -> list[Any]:
+        self._closed = True
+        with self._lock:
+            pools = list(self._retired)
+            self._retired.clear()
+            if self._plain is not None:
+                pools.append(self._plain[1])
+                self._plain = None
+            if self._direct is not None:
+                pools.append(self._direct)
+                self._direct = None
+        return pools + self._tunnels.drain()
+
+
+class _ReleasingStream(httpx.SyncByteStream):
+    """A tunnel response's body: releases its pool from the LRU when closed."""
+
+    def __init__(self, stream: Any, release: Any) -> None:
+        self._stream = stream
+        self._release = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class _AsyncReleasingStream(httpx.AsyncByteStream):
+    """Async twin of :class:`_ReleasingStream`."""
+
+    def __init__(self, stream: Any, release: Any) -> None:
+        self._stream = stream
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                await release()
+
+
+class ProxaroTransport(_Base, httpx.BaseTransport):
+    """An httpx transport that routes each request through the Proxaro gateway.
+
+    >>> client = httpx.Client(transport=ProxaroTransport(mgr))         # doctest: +SKIP
+    >>> client.get(url, extensions={"proxaro": {"country": "de"}})     # doctest: +SKIP
+
+    ``manager`` is a started :class:`~proxaro_scrape.GatewayManager` (the transport neither
+    starts nor closes it).  ``target`` (a Target or dict) is this transport's default target,
+    else the manager's; ``session_key`` a default sticky key.  Per request,
+    ``extensions={"proxaro": Target | dict | False}`` (``False``: send direct) and
+    ``extensions={"proxaro_session": key}``.  ``tunnel_pools`` bounds the HTTPS pools kept
+    (one per gateway username).  ``verify``, ``cert``, ``trust_env``, ``limits`` and any other
+    keyword go to every inner :class:`httpx.HTTPTransport`.  See the module docstring.
+    """
+
+    def _transport_class(self) -> Any:
+        return httpx.HTTPTransport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the gateway, retrying as the manager decides."""
+        rr = self._begin(request)
+        if rr is None:
+            return self._direct_transport().handle_request(request)  # type: ignore[no-any-return]
+        tunnel = request.url.scheme == "https"
+        headers = request.headers
+        if tunnel and PROXY_AUTHORIZATION in headers:
+            del headers[PROXY_AUTHORIZATION]  # inside a tunnel it would reach the target
+        replayable = _replayable(request)
+        while True:
+            route = rr.next_route()
+            error: BaseException | None = None
+            response: httpx.Response | None = None
+            if tunnel:
+                response, outcome, error = self._send_tunnel(request, route, rr)
+            else:
+                response, outcome, error = self._send_plain(request, route, rr)
+            if response is not None:
+                return response
+            if not outcome.retry:
+                raise final_error(outcome) from error
+            if not replayable:
+                raise not_replayable(request.method, str(request.url), outcome) from error
+            if outcome.refresh:
+                self._manager.refresh_credentials(route.credentials_version)
+
+    def _send_plain(
+        self, request: httpx.Request, route: Route, rr: RequestRouting
+    ) -> tuple[httpx.Response | None, Outcome, BaseException | None]:
+        transport = self._plain_for(route)
+        headers = request.headers
+        saved = headers.get(PROXY_AUTHORIZATION)
+        headers[PROXY_AUTHORIZATION] = route.proxy_authorization
+        try:
+            response = transport.handle_request(request)
+        except Exception as exc:
+            if not _gateway_fault(exc):
+                raise
+            return None, rr.observe(exception=exc), exc
+        finally:
+            # Off again at once: the client builds redirects from this very request.
+            if saved is None:
+                del headers[PROXY_AUTHORIZATION]
+            else:
+                headers[PROXY_AUTHORIZATION] = saved
+        body = response.read() if self._needs_body() else None
+        outcome = self._observe_answer(rr, response, False, body)
+        if outcome.ok:
+            response.extensions[_EXT_EXIT] = outcome.exit
+            return response, outcome, None
+        self._discard(response, reuse=True)
+        return None, outcome, None
+
+    def _send_tunnel(
+        self, request: httpx.Request, route: Route, rr: RequestRouting
+    ) -> tuple[httpx.Response | None, Outcome, BaseException | None]:
+        entry, closing = self._tunnel_for(route)
+        for pool in closing:
+            pool.close()
+        saved = request.extensions
+        trace = _SyncTrace(self, saved.get("trace"))
+        request.extensions = {**saved, "trace": trace}
+        try:
+            response = entry.value.handle_request(request)
+        except BaseException as exc:
+            self._release(entry)
+            if not isinstance(exc, Exception) or not _gateway_fault(exc):
+                raise
+            return None, self._observe_failure(rr, exc, trace), exc
+        finally:
+            request.extensions = saved
+        try:
+            body = response.read() if self._needs_body() else None
+            outcome = self._observe_answer(rr, response, True, body)
+        except BaseException:
+            response.close()
+            self._release(entry)
+            raise
+        if outcome.ok:
+            response.extensions[_EXT_EXIT] = outcome.exit
+            response.stream = _ReleasingStream(response.stream, lambda: self._release(entry))
+            return response, outcome, None
+        # A failed answer through a tunnel: drop the tunnel, its exit may be burnt for this
+        # site (a kept-alive tunnel would carry the next attempt through the same exit).
+        self._discard(response, reuse=False)
+        self._release(entry)
+        return None, outcome, None
+
+    def _release(self, entry: Any) -> None:
+        pool = self._tunnels.release(entry)
+        if pool is not None:
+            pool.close()
+
+    @staticmethod
+    def _discard(response: httpx.Response, *, reuse: bool) -> None:
+        try:
+            if reuse and _drainable(response):
+                response.read()
+        except httpx.HTTPError:
+            pass
+        finally:
+            response.close()
+
+    def close(self) -> None:
+        """Close every inner transport (idempotent; the manager stays as it is)."""
+        for pool in self._all_pools():
+            pool.close()
+
+
+class AsyncProxaroTransport(_Base, httpx.AsyncBaseTransport):
+    """Async twin of :class:`ProxaroTransport`, for ``httpx.AsyncClient``.
+
+    >>> client = httpx.AsyncClient(transport=AsyncProxaroTransport(mgr))  # doctest: +SKIP
+
+    Same arguments and per-request extensions.  Credentials are refreshed with
+    ``await manager.arefresh_credentials(...)``; start the manager with ``await mgr.astart()``
+    (or ``mgr.start()``: both drivers serve either transport).
+    """
+
+    def _transport_class(self) -> Any:
+        return httpx.AsyncHTTPTransport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the gateway, retrying as the manager decides."""
+        rr = self._begin(request)
+        if rr is None:
+            return await self._direct_transport().handle_async_request(request)  # type: ignore[no-any-return]
+        tunnel = request.url.scheme == "https"
+        headers = request.headers
+        if tunnel and PROXY_AUTHORIZATION in headers:
+            del headers[PROXY_AUTHORIZATION]
+        replayable = _replayable(request)
+        while True:
+            route = rr.next_route()
+            if tunnel:
+                response, outcome, error = await self._send_tunnel(request, route, rr)
+            else:
+                response, outcome, error = await self._send_plain(request, route, rr)
+            if response is not None:
+                return response
+            if not outcome.retry:
+                raise final_error(outcome) from error
+            if not replayable:
+                raise not_replayable(request.method, str(request.url), outcome) from error
+            if outcome.refresh:
+                await self._manager.arefresh_credentials(route.credentials_version)
+
+    async def _send_plain(
+        self, request: httpx.Request, route: Route, rr: RequestRouting
+    ) -> tuple[httpx.Response | None, Outcome, BaseException | None]:
+        transport = self._plain_for(route)
+        headers = request.headers
+        saved = headers.get(PROXY_AUTHORIZATION)
+        headers[PROXY_AUTHORIZATION] = route.proxy_authorization
+        try:
+            response = await transport.handle_async_request(request)
+        except Exception as exc:
+            if not _gateway_fault(exc):
+                raise
+            return None, rr.observe(exception=exc), exc
+        finally:
+            if saved is None:
+                del headers[PROXY_AUTHORIZATION]
+            else:
+                headers[PROXY_AUTHORIZATION] = saved
+        body = await response.aread() if self._needs_body() else None
+        outcome = self._observe_answer(rr, response, False, body)
+        if outcome.ok:
+            response.extensions[_EXT_EXIT] = outcome.exit
+            return response, outcome, None
+        await self._discard(response, reuse=True)
+        return None, outcome, None
+
+    async def _send_tunnel(
+        self, request: httpx.Request, route: Route, rr: RequestRouting
+    ) -> tuple[httpx.Response | None, Outcome, BaseException | None]:
+        entry, closing = self._tunnel_for(route)
+        for pool in closing:
+            await pool.aclose()
+        saved = request.extensions
+        trace = _AsyncTrace(self, saved.get("trace"))
+        request.extensions = {**saved, "trace": trace}
+        try:
+            response = await entry.value.handle_async_request(request)
+        except BaseException as exc:
+            await self._release(entry)
+            if not isinstance(exc, Exception) or not _gateway_fault(exc):
+                raise
+            return None, self._observe_failure(rr, exc, trace), exc
+        finally:
+            request.extensions = saved
+        try:
+            body = await response.aread() if self._needs_body() else None
+            outcome = self._observe_answer(rr, response, True, body)
+        except BaseException:
+            await response.aclose()
+            await self._release(entry)
+            raise
+        if outcome.ok:
+            response.extensions[_EXT_EXIT] = outcome.exit
+
+            async def release() -> None:
+                await self._release(entry)
+
+            response.stream = _AsyncReleasingStream(response.stream, release)
+            return response, outcome, None
+        await self._discard(response, reuse=False)
+        await self._release(entry)
+        return None, outcome, None
+
+    async def _release(self, entry: Any) -> None:
+        pool = self._tunnels.release(entry)
+        if pool is not None:
+            await pool.aclose()
+
+    @staticmethod
+    async def _discard(response: httpx.Response, *, reuse: bool) -> None:
+        try:
+            if reuse and _drainable(response):
+                await response.aread()
+        except httpx.HTTPError:
+            pass
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        """Close every inner transport (idempotent; the manager stays as it is)."""
+        for pool in self._all_pools():
+            await pool.aclose()
