@@ -46,6 +46,8 @@ import binascii
 import contextlib
 import ipaddress
 import logging
+import operator
+import random
 import socket
 import sys
 import time
@@ -61,13 +63,20 @@ from proxaro_scrape.sandbox.targeting import (
     check_against_pool,
     parse_username,
 )
-from proxaro_scrape.sandbox.world import Exit, SessionRecord, World
+from proxaro_scrape.sandbox.world import Asn, Country, Exit, SessionRecord, World
 
 __all__ = ["GatewayServer"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_POOL_HEALTH = operator.attrgetter("pool_health")
+#: Two Crockford base32 digits per 10 bits: a 26-digit (130-bit) id in 13 lookups.
+_CROCKFORD_PAIRS = [
+    a + b for a in "0123456789ABCDEFGHJKMNPQRSTVWXYZ" for b in "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+]
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
 
 #: Sandbox-only answer to HTTP that cannot be parsed (never produced by a real client library).
 ERROR_BAD_REQUEST = "bad_request"
@@ -76,10 +85,12 @@ _HEAD_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
 #: Bodies up to this size are read whole and written with their head in one go.
 _SMALL_BODY = 64 * 1024
-#: Idle upstream connections: kept this many real seconds, so many per (exit, target), in all.
+#: Idle upstream connections: kept this many real seconds, so many per (exit, target), and in
+#: all at most this many, or a quarter of the process's file-descriptor limit if that is lower
+#: (the demo site, in the same process, holds the other end of each).
 _IDLE_SECONDS = 15.0
-_IDLE_PER_KEY = 8
-_IDLE_TOTAL = 1024
+_IDLE_PER_KEY = 64
+_IDLE_TOTAL = 2048
 #: Sticky sessions remembered at most (the oldest are forgotten first beyond this).
 _STICKY_MAX = 200_000
 _USERNAME_CACHE_MAX = 4096
@@ -152,14 +163,22 @@ else:  # pragma: no cover - Python 3.10
         return await asyncio.wait_for(aw, delay)
 
 
-@dataclass
 class _Head:
     """A parsed request or response head: first line's parts and headers as received."""
 
-    first: tuple[bytes, bytes, bytes]
-    headers: list[tuple[bytes, bytes]]
-    #: Lower-case name -> value (repeated names joined with ", ").
-    index: dict[bytes, bytes]
+    __slots__ = ("first", "headers", "index")
+
+    def __init__(
+        self,
+        first: tuple[bytes, bytes, bytes],
+        headers: list[tuple[bytes, bytes, bytes]],
+        index: dict[bytes, bytes],
+    ) -> None:
+        self.first = first
+        #: (name as sent, lower-case name, value), in order.
+        self.headers = headers
+        #: Lower-case name -> value (repeated names joined with ", ").
+        self.index = index
 
     def get(self, name: bytes) -> bytes | None:
         return self.index.get(name)
@@ -176,17 +195,21 @@ def _parse_head(raw: bytes) -> _Head:
     parts = lines[0].split(b" ", 2)
     if len(parts) != 3:
         raise _BadRequest("bad first line")
-    headers: list[tuple[bytes, bytes]] = []
+    headers: list[tuple[bytes, bytes, bytes]] = []
     index: dict[bytes, bytes] = {}
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
+        i = line.find(b":")
+        # No empty name, and no whitespace before the colon (RFC 9112, 5.1: reject).
+        if i <= 0 or line[i - 1] in b" \t":
             raise _BadRequest("bad header line")
-        value = value.strip()
-        headers.append((name, value))
+        name = line[:i]
+        value = line[i + 1 :].strip()
         low = name.lower()
-        prev = index.get(low)
-        index[low] = value if prev is None else prev + b", " + value
+        headers.append((name, low, value))
+        if low in index:
+            index[low] += b", " + value
+        else:
+            index[low] = value
     return _Head((parts[0], parts[1], parts[2]), headers, index)
 
 
@@ -198,16 +221,80 @@ class _Choice:
     sticky: _Sticky | None = None
 
     def header_lines(self) -> list[bytes]:
-        ex = self.exit
+        lines = _exit_header_lines(self.exit)
+        if self.sticky is not None:
+            return [*lines, b"%s: %s" % (_SESSION_HEADER, self.sticky.id.encode())]
+        return lines
+
+    def header_block(self) -> bytes:
+        """:meth:`header_lines` as they go into a head: each line ended by CRLF."""
+        block = _exit_header_block(self.exit)
+        if self.sticky is not None:
+            return block + b"%s: %s\r\n" % (_SESSION_HEADER, self.sticky.id.encode())
+        return block
+
+
+_SESSION_HEADER = protocol.HEADER_SESSION.encode()
+_EXIT_HEADER_CACHE: dict[Exit, list[bytes]] = {}
+
+
+def _exit_header_lines(ex: Exit) -> list[bytes]:
+    """The ``X-Proxaro-Exit-*`` lines of an exit (built once per exit: exits never change)."""
+    lines = _EXIT_HEADER_CACHE.get(ex)
+    if lines is None:
         lines = [
             b"%s: %s" % (protocol.HEADER_EXIT_IP.encode(), ex.ip.encode()),
             b"%s: %s" % (protocol.HEADER_EXIT_COUNTRY.encode(), ex.country.encode()),
             b"%s: %s" % (protocol.HEADER_EXIT_ASN.encode(), ex.asn.encode()),
             b"%s: %s" % (protocol.HEADER_EXIT_CLASS.encode(), ex.exit_class.encode()),
         ]
-        if self.sticky is not None:
-            lines.append(b"%s: %s" % (protocol.HEADER_SESSION.encode(), self.sticky.id.encode()))
-        return lines
+        if len(_EXIT_HEADER_CACHE) < 100_000:
+            _EXIT_HEADER_CACHE[ex] = lines
+    return lines
+
+
+_EXIT_BLOCK_CACHE: dict[Exit, bytes] = {}
+
+
+def _exit_header_block(ex: Exit) -> bytes:
+    block = _EXIT_BLOCK_CACHE.get(ex)
+    if block is None:
+        block = b"".join(line + b"\r\n" for line in _exit_header_lines(ex))
+        if len(_EXIT_BLOCK_CACHE) < 100_000:
+            _EXIT_BLOCK_CACHE[ex] = block
+    return block
+
+
+#: A response head holding any of these needs the full treatment (strip or reframe).
+_NOT_PLAIN = (
+    b"\r\nproxy-",
+    b"\r\nx-proxaro-",
+    b"\r\nconnection:",
+    b"\r\nkeep-alive:",
+    b"\r\ntransfer-encoding:",
+    b"\r\nte:",
+    b"\r\ntrailer:",
+    b"\r\nupgrade:",
+)
+
+
+def _plain_length(raw: bytes) -> int | None:
+    """The Content-Length of a response head that can be relayed as it is, else ``None``.
+
+    Plain: HTTP/1.1, a final status other than 101, exactly one valid Content-Length, and no
+    header the gateway must strip (hop-by-hop, ``Proxy-*``, ``X-Proxaro-*``).
+    """
+    if not raw.startswith(b"HTTP/1.1 ") or raw[9:12] == b"101":
+        return None
+    low = raw.lower()
+    for marker in _NOT_PLAIN:
+        if marker in low:
+            return None
+    i = low.find(b"\r\ncontent-length:")
+    if i < 0 or low.find(b"\r\ncontent-length:", i + 17) >= 0:
+        return None
+    value = raw[i + 17 : raw.index(b"\r\n", i + 2)].strip()
+    return int(value) if value.isdigit() else None
 
 
 @dataclass
@@ -223,7 +310,7 @@ class _Sticky:
 class _Upstream:
     """One connection from an exit's bind address to a target."""
 
-    __slots__ = ("key", "reader", "writer", "idle_since")
+    __slots__ = ("key", "reader", "writer", "idle_since", "expired")
 
     def __init__(
         self, key: tuple[str, str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -232,6 +319,12 @@ class _Upstream:
         self.reader = reader
         self.writer = writer
         self.idle_since = 0.0
+        self.expired = False
+
+    def expire(self) -> None:
+        """The target took too long: drop the connection (the waiting read then fails)."""
+        self.expired = True
+        self.writer.transport.abort()
 
     def usable(self, now: float) -> bool:
         return (
@@ -244,20 +337,47 @@ class _Upstream:
         self.writer.transport.abort()
 
 
+_LOOPBACK_CACHE: dict[str, str | None] = {}
+
+
 def _loopback_host(host: str) -> str | None:
     """The IP literal to connect to, or ``None`` when ``host`` is not loopback.
 
     Decided from the literal alone: ``localhost`` is 127.0.0.1, an IP literal must be in
     127.0.0.0/8 or be ::1, and any other name is refused without being resolved.
     """
-    host = host.lower()
-    if host == "localhost":
-        return "127.0.0.1"
+    if host in _LOOPBACK_CACHE:
+        return _LOOPBACK_CACHE[host]
+    low = host.lower()
+    result: str | None
+    if low == "localhost":
+        result = "127.0.0.1"
+    else:
+        try:
+            addr = ipaddress.ip_address(low)
+        except ValueError:
+            result = None
+        else:
+            result = str(addr) if addr.is_loopback else None
+    if len(_LOOPBACK_CACHE) >= 4096:
+        _LOOPBACK_CACHE.clear()
+    _LOOPBACK_CACHE[host] = result
+    return result
+
+
+def _decode_basic(value: bytes) -> tuple[str, str] | str:
+    """``Basic base64(user:pass)`` -> (user, pass), or a message saying what is wrong."""
+    scheme, _, token = value.partition(b" ")
+    if scheme.lower() != b"basic":
+        return "only Basic proxy auth is supported"
     try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return str(addr) if addr.is_loopback else None
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return "malformed Basic credentials"
+    username, sep, password = decoded.partition(":")
+    if not sep:
+        return "malformed Basic credentials"
+    return username, password
 
 
 def _split_authority(authority: bytes, default_port: int) -> tuple[str, int]:
@@ -302,14 +422,33 @@ class GatewayServer:
         self._idle_count = 0
         self._sticky: dict[tuple[object, ...], _Sticky] = {}
         self._usernames: dict[str, Targeting | TargetingError] = {}
+        #: Proxy-Authorization value -> (username, password), or why it is malformed.
+        self._auth_cache: dict[bytes, tuple[str, str] | str] = {}
         self._exit_classes = {code: list(c.exit_classes) for code, c in world.countries.items()}
         # Pool view cache, rebuilt whenever the world's health fingerprint changes.
-        self._fingerprint: tuple[object, ...] = ()
+        self._fingerprint: list[str] = []
+        self._health_of: list[Country | Asn] = []
+        self._health_shape: tuple[int, int] = (-1, -1)
         self._down_countries: set[str] = set()
         self._asn_health: dict[str, str] = {}
         self._live: dict[tuple[str | None, ...], list[Exit]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._bind_ok = True
+        self._pending_usage: dict[tuple[str, str], int] = {}
+        self._turn_scheduled = False
+        self._view_checked = False
+        # Session ids draw from their own generator: the gateway_rng sequence (exit choices,
+        # failures) stays the same whatever the accounting does.
+        self._id_rng = random.Random(world.seed * 65537 + 3)
+        self._idle_total = _IDLE_TOTAL
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            if soft != resource.RLIM_INFINITY:
+                self._idle_total = max(16, min(_IDLE_TOTAL, soft // 4))
+        except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+            pass
 
     @property
     def port(self) -> int:
@@ -344,6 +483,7 @@ class GatewayServer:
             for conn in conns:
                 conn.close()
         self._idle.clear()
+        self._flush_usage()
         self._idle_count = 0
         if self._server is not None:
             await self._server.wait_closed()
@@ -352,13 +492,24 @@ class GatewayServer:
     # ------------------------------------------------------------------ pool view
 
     def _refresh_pool_view(self) -> None:
-        """Rebuild the cached pool view if any country's or ASN's health changed."""
+        """Rebuild the cached pool view if any country's or ASN's health changed.
+
+        The health of every country and ASN is read once per loop turn that serves requests
+        (whoever changed it, the controls or a test poking the world), in one C-level pass.
+        Once per turn is enough: a client that saw a change answered cannot get a request in
+        before the next turn.
+        """
+        if self._view_checked:
+            return
+        self._view_checked = True
+        self._end_of_turn()
         world = self.world
-        fingerprint = (
-            len(world.exits),
-            tuple(c.pool_health for c in world.countries.values()),
-            tuple(a.pool_health for asns in world.asns.values() for a in asns),
-        )
+        shape = (len(world.exits), len(world.countries))
+        if shape != self._health_shape:
+            self._health_shape = shape
+            self._health_of = [*world.countries.values()]
+            self._health_of += [a for asns in world.asns.values() for a in asns]
+        fingerprint = list(map(_POOL_HEALTH, self._health_of))
         if fingerprint == self._fingerprint:
             return
         self._fingerprint = fingerprint
@@ -460,15 +611,17 @@ class GatewayServer:
         auth = head.get(b"proxy-authorization")
         if auth is None:
             raise _Refusal(protocol.ERROR_AUTH_FAILED, "Proxy-Authorization is missing")
-        scheme, _, token = auth.partition(b" ")
-        if scheme.lower() != b"basic":
-            raise _Refusal(protocol.ERROR_AUTH_FAILED, "only Basic proxy auth is supported")
-        try:
-            decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise _Refusal(protocol.ERROR_AUTH_FAILED, "malformed Basic credentials") from None
-        username, sep, password = decoded.partition(":")
-        if not sep or not world.check_gateway_auth(base_username(username), password):
+        pair = self._auth_cache.get(auth)
+        if pair is None:
+            pair = _decode_basic(auth)
+            if len(self._auth_cache) >= _USERNAME_CACHE_MAX:
+                self._auth_cache.clear()
+            self._auth_cache[auth] = pair
+        if isinstance(pair, str):
+            raise _Refusal(protocol.ERROR_AUTH_FAILED, pair)
+        username, password = pair
+        # Checked on every request: the password may have been rotated out a moment ago.
+        if not world.check_gateway_auth(base_username(username), password):
             raise _Refusal(protocol.ERROR_AUTH_FAILED)
         t = self._targeting(username)
         if t.asn is not None and not world.asn_allowed():
@@ -625,8 +778,7 @@ class GatewayServer:
         host_value = authority.rpartition(b"@")[2]
         out.append(b"Host: " + host_value)
         expect_continue = False
-        for name, value in head.headers:
-            low = name.lower()
+        for name, low, value in head.headers:
             if low in drop or low.startswith(b"proxy-") or low == b"host":
                 continue
             if low == b"expect":
@@ -642,6 +794,7 @@ class GatewayServer:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
         started = world.clock.now()
+        loop = asyncio.get_running_loop()
         key = (choice.exit.bind, ip, port)
         timeout = world.knobs.target_timeout
         body: bytes | None = None
@@ -666,23 +819,28 @@ class GatewayServer:
                             f"the target refused the connection ({exc.strerror or exc})",
                             choice=choice,
                         ) from None
+                # The target's time: from sending the request (once a streamed body is sent)
+                # to the response head.  A timer that aborts the connection costs far less
+                # than a timeout context per request.
+                watch = None if body is None else loop.call_later(timeout, upstream.expire)
                 try:
                     sent = await self._send_request(
                         upstream, request_head, body, reader, length, chunked
                     )
-                    rhead, rraw = await _within(
-                        timeout, self._read_response_head(upstream, writer, reused)
-                    )
+                    if watch is None:
+                        watch = loop.call_later(timeout, upstream.expire)
+                    rraw = await self._read_response_head(upstream, writer, reused)
                     break
-                except _UpstreamGone:
+                except (_UpstreamGone, ConnectionError, asyncio.IncompleteReadError, _BadRequest):
+                    if upstream.expired:
+                        raise _Refusal(protocol.ERROR_TARGET_TIMEOUT, choice=choice) from None
+                    if sys.exc_info()[0] is not _UpstreamGone or attempt == 1 or body is None:
+                        raise _Refusal(protocol.ERROR_EXIT_FAILED, choice=choice) from None
                     upstream.close()
                     upstream = None
-                    if attempt == 1 or body is None:
-                        raise _Refusal(protocol.ERROR_EXIT_FAILED, choice=choice) from None
-                except asyncio.TimeoutError:
-                    raise _Refusal(protocol.ERROR_TARGET_TIMEOUT, choice=choice) from None
-                except (ConnectionError, asyncio.IncompleteReadError, _BadRequest):
-                    raise _Refusal(protocol.ERROR_EXIT_FAILED, choice=choice) from None
+                finally:
+                    if watch is not None:
+                        watch.cancel()
             else:  # pragma: no cover - the loop always breaks or raises
                 raise _Refusal(protocol.ERROR_EXIT_FAILED, choice=choice)
         except _Refusal as refusal:
@@ -700,7 +858,7 @@ class GatewayServer:
 
         try:
             return await self._relay_response(
-                upstream, rhead, rraw, writer, choice, is_head, keep_client, account
+                upstream, rraw, writer, choice, is_head, keep_client, account
             )
         except BaseException:
             upstream.close()
@@ -749,7 +907,7 @@ class GatewayServer:
 
     async def _read_response_head(
         self, upstream: _Upstream, client: asyncio.StreamWriter, reused: bool
-    ) -> tuple[_Head, bytes]:
+    ) -> bytes:
         """Read the final response head, relaying any interim 1xx answers to the client."""
         while True:
             try:
@@ -764,20 +922,17 @@ class GatewayServer:
                 raise
             except asyncio.LimitOverrunError:
                 raise _BadRequest("response head too large") from None
-            head = _parse_head(raw)
-            try:
-                status = int(head.first[1])
-            except ValueError:
-                raise _BadRequest("bad status") from None
-            if 100 <= status < 200 and status != 101:
+            # "HTTP/1.x NNN[ reason]": checked here, the rest when the head is used.
+            if not raw.startswith(b"HTTP/1.") or not raw[9:12].isdigit() or raw[12] not in b" \r":
+                raise _BadRequest("bad status line")
+            if raw[9:10] == b"1" and raw[9:12] != b"101":
                 client.write(raw)
                 continue
-            return head, raw
+            return raw
 
     async def _relay_response(
         self,
         upstream: _Upstream,
-        head: _Head,
         raw: bytes,
         writer: asyncio.StreamWriter,
         choice: _Choice,
@@ -790,44 +945,55 @@ class GatewayServer:
         ``account(bytes received)`` is called before the last bytes go to the client, so that
         usage and sessions are up to date by the time the client has its answer.
         """
-        version, status_b, reason = head.first
-        status = int(status_b)
-        up_tokens = head.tokens(b"connection")
-        keep_upstream = version == b"HTTP/1.1" and b"close" not in up_tokens
-        te = head.get(b"transfer-encoding")
-        length: int | None = None
+        status = int(raw[9:12])
+        no_body = is_head or status in (204, 304)
+        length = _plain_length(raw)
         chunked = False
-        no_body = is_head or status in (204, 304) or status < 200
-        if not no_body:
-            if te is not None:
-                chunked = te.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-            else:
-                cl = head.get(b"content-length")
-                if cl is not None:
-                    values = {v.strip() for v in cl.split(b",")}
-                    if len(values) == 1 and next(iter(values)).isdigit():
-                        length = int(next(iter(values)))
-            if not chunked and length is None:
-                keep_upstream = False  # read until close
-                keep_client = False
-        if status == 101:
-            keep_upstream = keep_client = False
+        if length is not None:
+            # The common case: nothing to strip or reframe, so the head goes out as it came,
+            # with the exit's lines added.
+            keep_upstream = True
+            tail = b"\r\n" if keep_client else b"Connection: close\r\n\r\n"
+            client_head = raw[:-2] + choice.header_block() + tail
+        else:
+            try:
+                head = _parse_head(raw)
+            except _BadRequest:
+                upstream.close()
+                refusal = _Refusal(protocol.ERROR_EXIT_FAILED, "malformed answer", choice)
+                return self._fail(writer, refusal, not keep_client, head_only=is_head)
+            version, status_b, reason = head.first
+            up_tokens = head.tokens(b"connection")
+            keep_upstream = version == b"HTTP/1.1" and b"close" not in up_tokens
+            te = head.get(b"transfer-encoding")
+            if not no_body:
+                if te is not None:
+                    chunked = te.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+                else:
+                    cl = head.get(b"content-length")
+                    if cl is not None:
+                        values = {v.strip() for v in cl.split(b",")}
+                        if len(values) == 1 and next(iter(values)).isdigit():
+                            length = int(next(iter(values)))
+                if not chunked and length is None:
+                    keep_upstream = False  # read until close
+                    keep_client = False
+            if status == 101:
+                keep_upstream = keep_client = False
 
-        drop = _HOP_BY_HOP | up_tokens
-        out = [b"HTTP/1.1 " + status_b + b" " + reason]
-        for name, value in head.headers:
-            low = name.lower()
-            if low in drop or low.startswith(b"proxy-") or low.startswith(b"x-proxaro-"):
-                continue
-            if low == b"content-length" and chunked:
-                continue
-            out.append(name + b": " + value)
-        if chunked:
-            out.append(b"Transfer-Encoding: " + (te or b"chunked"))
-        out.extend(choice.header_lines())
-        if not keep_client:
-            out.append(b"Connection: close")
-        client_head = b"\r\n".join(out) + b"\r\n\r\n"
+            drop = _HOP_BY_HOP | up_tokens
+            out = [b"HTTP/1.1 " + status_b + b" " + reason]
+            for name, low, value in head.headers:
+                if low in drop or low.startswith(b"proxy-") or low.startswith(b"x-proxaro-"):
+                    continue
+                if low == b"content-length" and chunked:
+                    continue
+                out.append(name + b": " + value)
+            if chunked:
+                out.append(b"Transfer-Encoding: " + (te or b"chunked"))
+            if not keep_client:
+                out.append(b"Connection: close")
+            client_head = b"\r\n".join(out) + b"\r\n" + choice.header_block() + b"\r\n"
         recv = len(raw)
         ureader = upstream.reader
 
@@ -919,7 +1085,7 @@ class GatewayServer:
             conn.close()
             return
         conns = self._idle.setdefault(conn.key, [])
-        if len(conns) >= _IDLE_PER_KEY or self._idle_count >= _IDLE_TOTAL:
+        if len(conns) >= _IDLE_PER_KEY or self._idle_count >= self._idle_total:
             conn.close()
             return
         conn.idle_since = time.monotonic()
@@ -1004,21 +1170,58 @@ class GatewayServer:
     # ------------------------------------------------------------------ accounting
 
     def _account(self, choice: _Choice, started: float, sent: int, recv: int) -> None:
-        """Bytes into usage and ``/v1/sessions``: one record per request or tunnel, and one
-        per sticky session (updated in place as its requests come)."""
+        """Bytes into ``/v1/sessions`` and usage: one record per request or tunnel, and one
+        per sticky session (updated in place as its requests come).
+
+        The usage is summed per (class, country) and handed to the world once per loop turn
+        (:meth:`_flush_usage`, scheduled with ``call_soon``): that runs before the loop reads
+        any later I/O, so an API request sent after this answer always sees these bytes.
+        """
         world = self.world
+        ex = choice.exit
         ended = world.clock.now()
         sticky = choice.sticky
-        if sticky is None:
-            world.record_session(choice.exit, started, ended, sent, recv)
-        elif sticky.record is None:
-            sticky.record = world.record_session(choice.exit, started, ended, sent, recv)
+        if sticky is None or sticky.record is None:
+            rec = world.record_session(
+                ex,
+                started,
+                ended,
+                sent,
+                recv,
+                session_id=self._session_id(ended),
+                count_usage=False,
+            )
+            if sticky is not None:
+                sticky.record = rec
         else:
             rec = sticky.record
             rec.ended_at = ended
             rec.bytes_sent += sent
             rec.bytes_recv += recv
-            world.add_usage(choice.exit.exit_class, choice.exit.country, sent + recv)
+        key = (ex.exit_class, ex.country)
+        self._pending_usage[key] = self._pending_usage.get(key, 0) + sent + recv
+        self._end_of_turn()
+
+    def _end_of_turn(self) -> None:
+        """Have :meth:`_turn_ended` run once this loop turn is over."""
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn_ended)
+
+    def _turn_ended(self) -> None:
+        """Flush the turn's usage to the world and let the next turn re-read pool health."""
+        self._turn_scheduled = False
+        self._view_checked = False
+        self._flush_usage()
+
+    def _flush_usage(self) -> None:
+        pending, self._pending_usage = self._pending_usage, {}
+        self.world.add_usage_batch(pending)
+
+    def _session_id(self, ts: float) -> str:
+        """A ``sess_`` id shaped like the world's ULID-like ids, cheaply (one random draw)."""
+        n = (int(ts * 1000) << 80) | self._id_rng.getrandbits(80)
+        return "sess_" + "".join([_CROCKFORD_PAIRS[(n >> s) & 1023] for s in _PAIR_SHIFTS])
 
 
 async def _relay_chunked(
