@@ -307,8 +307,8 @@ class RequestRouting:
             store = core.store
             if i > 0 and i != self._last_idx:
                 store.incr("failovers")
-                if self._last_idx < 0:
-                    logger.info("failing over from %s to %s", chain[0].label, step.label)
+                # Per request: debug only (the breaker's opening is the warning worth reading).
+                logger.debug("failing over from %s to %s", chain[0].label, step.label)
             self._last_idx = i
             session_id: str | None = None
             ttl: int | None = None
@@ -593,7 +593,7 @@ class RoutingCore:
         self.usage = UsageGuard(usage_cap_action)
         self.lock = threading.Lock()
         self.last_refresh_error: str | None = None
-        self._plans: dict[str, _Plan] = {}  # by Target.key, per pool version
+        self._plans: dict[str, _Plan] = {}  # by Target._key, per pool version
         self._steps: dict[Target, _Step] = {}
         self._coerced: dict[Any, Target] = {}
         self._warned: set[str] = set()
@@ -625,16 +625,16 @@ class RoutingCore:
             t = self._coerce(target)
         explicit = t.session
         if explicit is not None:
-            key: Hashable | None = ("s", explicit, t.geo.key)
+            key: Hashable | None = ("s", explicit, t.geo._key)
         elif session_key is not None:
-            key = ("k", session_key, t.key)
+            key = ("k", session_key, t._key)
         elif self.sticky == "domain":
-            key = ("d", _host(url), t.key)
+            key = ("d", _host(url), t._key)
         else:
             key = None
         entry: StickySession | None = None
         with self.lock:
-            plan = self._plans.get(t.key)
+            plan = self._plans.get(t._key)
             if plan is None:
                 plan = self._plan(t)
             if key is not None:
@@ -651,7 +651,7 @@ class RoutingCore:
                 resolved = entry.target
             else:
                 resolved = self._pick(plan)
-            chain = plan.chains.get(resolved.key)
+            chain = plan.chains.get(resolved._key)
             if chain is None:
                 chain = self._chain(plan, resolved)
         return RequestRouting(self, url, t, resolved, chain, key, explicit, entry)
@@ -726,7 +726,7 @@ class RoutingCore:
                     self._want_later(t.country)
         if len(self._plans) >= _CACHE_LIMIT:
             self._plans.clear()
-        self._plans[t.key] = plan
+        self._plans[t._key] = plan
         return plan
 
     def _want_later(self, code: str) -> None:
@@ -772,7 +772,7 @@ class RoutingCore:
                 step = self._steps[t] = _Step(t)
             steps.append(step)
         chain = tuple(steps)
-        plan.chains[resolved.key] = chain
+        plan.chains[resolved._key] = chain
         return chain
 
     def _available(self, step: _Step, now: float) -> bool:

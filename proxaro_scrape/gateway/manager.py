@@ -21,6 +21,25 @@ blocking, no sleeping, one trivial lock.  Integrations drive it like this::
         if outcome.refresh:
             mgr.refresh_credentials(route.credentials_version)   # async: await mgr.arefresh_...
 
+The async twin is the same loop with ``await``::
+
+    async with GatewayManager(target=Target(continent="Europe")) as mgr:   # astart / aclose
+        rr = mgr.request(url)
+        while True:
+            route = rr.next_route()
+            try:
+                resp = await client_for(route.proxy_url).get(url)
+            except Exception as exc:
+                outcome = rr.observe(exception=exc)
+            else:
+                outcome = rr.observe(status=resp.status_code, headers=resp.headers)
+            if outcome.ok:
+                break
+            if not outcome.retry:
+                raise outcome.error
+            if outcome.refresh:
+                await mgr.arefresh_credentials(route.credentials_version)
+
 The drivers do the I/O around it:
 
 - **sync**: :meth:`GatewayManager.start` fetches the credentials and the pool view, then a
@@ -244,7 +263,7 @@ class GatewayManager:
         """Validate ``target`` (syntax and, once started, against the pool view) and return it."""
         t = Target.coerce(target) or self.core.default_target
         with self.core.lock:
-            if t.key not in self.core._plans:
+            if t._key not in self.core._plans:
                 self.core._plan(t)
         return t
 

@@ -76,10 +76,10 @@ class Target:
     session_ttl: int | None = None
     countries: tuple[str, ...] | None = None
     continent: str | None = None
-    # Precomputed once: hashing is on the per-request path.  ``key`` is a string that two
+    # Precomputed once: hashing is on the per-request path.  ``_key`` is a string that two
     # targets share exactly when they are equal (a str caches its hash, a dataclass does not).
     _hash: int = field(init=False, repr=False, compare=False, default=0)
-    key: str = field(init=False, repr=False, compare=False, default="")
+    _key: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -202,7 +202,7 @@ class Target:
                 self.continent,
             )
         )
-        put(self, "key", key)
+        put(self, "_key", key)
         put(self, "_hash", hash(key))
 
     def __hash__(self) -> int:
