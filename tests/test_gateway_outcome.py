@@ -117,6 +117,14 @@ class FakeProxyError(Exception):
     pass
 
 
+class AttrProxyError(Exception):
+    """Like aiohttp's ClientHttpProxyError: the status as an attribute."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__("proxy said no")
+        self.status = status
+
+
 @pytest.mark.parametrize(
     ("exc", "kind", "retry", "refresh"),
     [
@@ -149,6 +157,16 @@ class FakeProxyError(Exception):
             False,
         ),
         (FakeProxyError("proxy went away"), "connection_error", True, False),
+        (AttrProxyError(407), "stale_credentials", True, True),
+        (AttrProxyError(502), "exit_failure", True, False),
+        (
+            FakeProxyError(
+                "407, message='Proxy Authentication Required', url='http://127.0.0.1:41343'"
+            ),
+            "stale_credentials",
+            True,
+            True,
+        ),
     ],
 )
 def test_exceptions(exc: BaseException, kind: str, retry: bool, refresh: bool) -> None:

@@ -229,20 +229,32 @@ def _gateway_answer(status: int, err: str, ex: ExitInfo | None) -> Outcome:
     return Outcome(kind, error=error, exit=ex, status=status, gateway_error=err)
 
 
+def _status_of(exc: BaseException) -> int | None:
+    """The proxy's status carried by a failed-CONNECT exception: an attribute (aiohttp's
+    ``ClientHttpProxyError.status``) or the message (httpx, requests, Scrapy)."""
+    for attr in ("status", "status_code", "code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return value
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break classification
+        return None
+    for pattern in _STATUS_IN_TEXT:
+        match = pattern.search(text)
+        if match is not None:
+            return int(match.group(1))
+    return None
+
+
 def _classify_exception(exc: BaseException) -> Outcome:
     names = [cls.__name__.lower() for cls in type(exc).__mro__]
     proxy = any("proxy" in n or "tunnel" in n for n in names)
     if proxy:
         # A failed CONNECT: httpx.ProxyError, requests' ProxyError, Scrapy's TunnelError carry
         # the gateway's status in their message but not its headers.
-        text = str(exc)
-        match = None
-        for pattern in _STATUS_IN_TEXT:
-            match = pattern.search(text)
-            if match is not None:
-                break
-        if match is not None:
-            status = int(match.group(1))
+        status = _status_of(exc)
+        if status is not None:
             if status == 407:
                 return _gateway_answer(status, protocol.ERROR_AUTH_FAILED, None)
             if status == 400:
