@@ -865,3 +865,130 @@ def test_tls_context_is_verified_not_skipped(sb: Sandbox) -> None:
     with httpx.Client(proxy=proxy(sb), verify=ctx, timeout=10) as client:
         with pytest.raises(httpx.ConnectError):
             client.get(sb.site_https_url + "/ip")
+
+
+# ---------------------------------------------------------------------------- odd targets
+
+
+class ScriptedTarget:
+    """A loopback HTTP target answering scripted bytes per path (to test odd answers)."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        self.connections = 0
+        target = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                target.connections += 1
+                buf = b""
+                served = 0
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        data = self.request.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":", 1)[1])
+                    while len(buf) < length:
+                        buf += self.request.recv(65536)
+                    buf = buf[length:]
+                    path = head.split(b" ")[1]
+                    served += 1
+                    if path == b"/flaky" and served > 1:
+                        return  # a kept-alive connection the target has given up on
+                    self.request.sendall(SCRIPTS[path])
+                    if path == b"/until-close":
+                        return
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SCRIPTS = {
+    b"/until-close": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello until close",
+    b"/spoof": (
+        b"HTTP/1.1 200 OK\r\nX-Proxaro-Error: no_exit\r\nX-Proxaro-Exit-IP: 1.2.3.4\r\n"
+        b"Proxy-Authenticate: Basic\r\nConnection: keep-alive, X-Secret-Hop\r\n"
+        b"X-Secret-Hop: 1\r\nX-Fine: yes\r\nContent-Length: 2\r\n\r\nok"
+    ),
+    b"/noreason": b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",
+    b"/early": (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    ),
+    b"/flaky": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+}
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedTarget]:
+    target = ScriptedTarget()
+    yield target
+    target.close()
+
+
+def test_odd_answers_are_relayed_right(sb: Sandbox, scripted: ScriptedTarget) -> None:
+    auth = basic(*creds(sb))
+    with raw(sb) as conn:
+        r = conn.request("GET", scripted.url("/spoof"), auth=auth)
+        assert (r.status, r.body, r.header("X-Fine")) == (200, b"ok", "yes")
+        assert r.error is None  # the target cannot speak for the gateway
+        assert r.header("X-Proxaro-Exit-IP") != "1.2.3.4"
+        assert r.header("Proxy-Authenticate") is None and r.header("X-Secret-Hop") is None
+        r = conn.request("GET", scripted.url("/noreason"), auth=auth)
+        assert (r.status, r.body) == (200, b"ok")
+        r = conn.request("GET", scripted.url("/early"), auth=auth)
+        assert r.status == 103  # the interim answer is relayed...
+        r = conn.read_response()
+        assert (r.status, r.body) == (200, b"ok")  # ...then the final one
+        r = conn.request("GET", scripted.url("/until-close"), auth=auth)
+        assert (r.status, r.body) == (200, b"hello until close")
+        assert r.header("Connection") == "close"
+        assert conn.at_eof()
+
+
+def test_a_pooled_connection_the_target_dropped_is_retried_once(
+    sb: Sandbox, scripted: ScriptedTarget
+) -> None:
+    auth = basic(*creds(sb, "-session-pool1"))  # one exit, so one pooled connection
+    with raw(sb) as conn:
+        assert conn.request("GET", scripted.url("/flaky"), auth=auth).status == 200
+        time.sleep(0.05)
+        r = conn.request("GET", scripted.url("/flaky"), auth=auth)
+        assert (r.status, r.body) == (200, b"ok")  # resent on a fresh connection
+        assert scripted.connections == 2
+        # A POST is not sent twice: the dropped connection is the exit's failure.
+        r = conn.request("POST", scripted.url("/flaky"), auth=auth, body=b"x")
+        assert (r.status, r.error) == (502, "exit_failed")
+
+
+def test_whole_sandbox_reports_gateway_traffic_through_the_api(sandbox: Sandbox) -> None:
+    """With every component up (the conftest fixture), traffic shows in /v1/usage and sessions."""
+    headers = {"Authorization": f"Bearer {sandbox.api_key}"}
+    with httpx.Client(base_url=sandbox.api_url, headers=headers, timeout=10) as api:
+        before = api.get("/v1/usage").json()["total_bytes"]
+        with httpx.Client(proxy=proxy(sandbox, "-country-jp"), timeout=10) as client:
+            r = client.get(sandbox.site_url + "/bytes/20000")
+        assert r.status_code == 200
+        assert api.get("/v1/usage").json()["total_bytes"] >= before + 20000
+        latest = api.get("/v1/sessions", params={"limit": 1}).json()["data"][0]
+        assert latest["exit_ip"] == r.headers["X-Proxaro-Exit-IP"]
+        assert latest["exit_country"] == "jp" and latest["bytes_recv"] > 20000
+    counters = httpx.get(f"{sandbox.api_url}/_sandbox/counters", timeout=10).json()
+    assert counters["gateway.requests"] >= 1 and counters["site.requests"] >= 1

@@ -110,6 +110,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
@@ -193,6 +195,8 @@ class _Head:
 def _parse_head(raw: bytes) -> _Head:
     lines = raw[:-4].split(b"\r\n")
     parts = lines[0].split(b" ", 2)
+    if len(parts) == 2 and parts[0].startswith(b"HTTP/"):
+        parts.append(b"")  # a status line may leave the reason out
     if len(parts) != 3:
         raise _BadRequest("bad first line")
     headers: list[tuple[bytes, bytes, bytes]] = []
@@ -834,7 +838,10 @@ class GatewayServer:
                 except (_UpstreamGone, ConnectionError, asyncio.IncompleteReadError, _BadRequest):
                     if upstream.expired:
                         raise _Refusal(protocol.ERROR_TARGET_TIMEOUT, choice=choice) from None
-                    if sys.exc_info()[0] is not _UpstreamGone or attempt == 1 or body is None:
+                    # A pooled connection the target had closed: resend once on a fresh one,
+                    # if the request can be sent twice without harm.
+                    gone = sys.exc_info()[0] is _UpstreamGone
+                    if not gone or attempt == 1 or body is None or method not in _IDEMPOTENT:
                         raise _Refusal(protocol.ERROR_EXIT_FAILED, choice=choice) from None
                     upstream.close()
                     upstream = None
