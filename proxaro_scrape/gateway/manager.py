@@ -494,20 +494,30 @@ class GatewayManager:
         self._closed = False
         client = self._sync_client()
         try:
-            model = client.credentials.get()
-        except ProxaroError as exc:
-            raise _start_error(exc, "fetching the gateway credentials") from exc
-        self._credentials_fetched(model)
-        try:
-            countries = client.countries.list()
-        except ProxaroError as exc:
-            raise _start_error(exc, "fetching the pool view (/v1/countries)") from exc
-        self._install_countries(countries)
-        code = self._probe_country()
-        if code is not None:
-            self._fetch_asns_sync(code)
-        self.check_target(None)
-        self._usage_sync(quiet=True)
+            try:
+                model = client.credentials.get()
+            except ProxaroError as exc:
+                raise _start_error(exc, "fetching the gateway credentials") from exc
+            self._credentials_fetched(model)
+            try:
+                countries = client.countries.list()
+            except ProxaroError as exc:
+                raise _start_error(exc, "fetching the pool view (/v1/countries)") from exc
+            self._install_countries(countries)
+            code = self._probe_country()
+            if code is not None:
+                try:
+                    self._fetch_asns_sync(code)
+                except ProxaroError as exc:  # ASNs are fetched again in the background
+                    logger.warning("could not list the ASNs of %s at start: %s", code, exc)
+            self.check_target(None)
+            self._usage_sync(quiet=True)
+        except BaseException:
+            if self._owns_client and self._client is not None:
+                self._client.close()
+                self._client = None
+                self._owns_client = False
+            raise
         self._new_schedule()
         self._stop.clear()
         self._thread = threading.Thread(
@@ -611,26 +621,31 @@ class GatewayManager:
         self._loop = loop
         client = self._aclient()
         try:
-            model = await client.credentials.get()
-        except ProxaroError as exc:
-            self._loop = None
-            raise _start_error(exc, "fetching the gateway credentials") from exc
-        self._credentials_fetched(model)
-        try:
-            countries = await client.countries.list()
-        except ProxaroError as exc:
-            self._loop = None
-            raise _start_error(exc, "fetching the pool view (/v1/countries)") from exc
-        self._install_countries(countries)
-        code = self._probe_country()
-        if code is not None:
-            await self._fetch_asns_async(code)
-        try:
+            try:
+                model = await client.credentials.get()
+            except ProxaroError as exc:
+                raise _start_error(exc, "fetching the gateway credentials") from exc
+            self._credentials_fetched(model)
+            try:
+                countries = await client.countries.list()
+            except ProxaroError as exc:
+                raise _start_error(exc, "fetching the pool view (/v1/countries)") from exc
+            self._install_countries(countries)
+            code = self._probe_country()
+            if code is not None:
+                try:
+                    await self._fetch_asns_async(code)
+                except ProxaroError as exc:  # ASNs are fetched again in the background
+                    logger.warning("could not list the ASNs of %s at start: %s", code, exc)
             self.check_target(None)
-        except ProxaroError:
+            await self._usage_async(quiet=True)
+        except BaseException:
             self._loop = None
+            if self._owns_async_client and self._async_client is not None:
+                await self._async_client.aclose()
+                self._async_client = None
+                self._owns_async_client = False
             raise
-        await self._usage_async(quiet=True)
         self._new_schedule()
         self._awake = asyncio.Event()
         self._task = loop.create_task(self._run_task(), name="proxaro-gateway-manager")
@@ -782,7 +797,7 @@ class GatewayManager:
                     next_in=sched.credentials_next_in(creds.expires_in(time.time())),
                 )
             pool = self.core.pool
-            if pool.asn_allowed:
+            if pool.asn_allowed is not False:
                 # Every country's ASNs, fetched once in the background right after start, so
                 # that an ASN target is validated from cached data before it is sent.  Later
                 # pool refreshes only re-fetch the countries that ASN targets actually use.
