@@ -157,3 +157,22 @@ def test_base_username_must_not_contain_a_dash() -> None:
         Target(country="us").username("nb-bad")
     with pytest.raises(TargetError):
         Target().username("")
+
+
+def test_targets_pickle_across_processes() -> None:
+    import pickle
+    import subprocess
+    import sys
+
+    t = Target(country="us", city="New York", session="abc", session_ttl=5)
+    assert pickle.loads(pickle.dumps(t)) == t
+    # another process (another str hash seed): the unpickled target still hashes like a new one
+    code = (
+        "import pickle, sys; from proxaro_scrape import Target; "
+        "t = pickle.loads(sys.stdin.buffer.read()); "
+        "print({Target(country='us', city='new_york', session='abc', session_ttl=5): 1}[t])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=pickle.dumps(t), capture_output=True, check=True
+    )
+    assert out.stdout.strip() == b"1"

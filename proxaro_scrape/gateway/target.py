@@ -77,8 +77,8 @@ class Target:
     countries: tuple[str, ...] | None = None
     continent: str | None = None
     # Precomputed once: hashing is on the per-request path.  ``_key`` is a string that two
-    # targets share exactly when they are equal (a str caches its hash, a dataclass does not).
-    _hash: int = field(init=False, repr=False, compare=False, default=0)
+    # targets share exactly when they are equal (a str caches its hash, a dataclass does not;
+    # and a str's hash is recomputed after unpickling, where a stored int would be stale).
     _key: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
@@ -203,10 +203,9 @@ class Target:
             )
         )
         put(self, "_key", key)
-        put(self, "_hash", hash(key))
 
     def __hash__(self) -> int:
-        return self._hash
+        return hash(self._key)
 
     # ------------------------------------------------------------------ construction
 
