@@ -176,3 +176,22 @@ def test_targets_pickle_across_processes() -> None:
         [sys.executable, "-c", code], input=pickle.dumps(t), capture_output=True, check=True
     )
     assert out.stdout.strip() == b"1"
+
+
+def test_the_gateway_public_surface_is_pinned() -> None:
+    import proxaro_scrape
+    import proxaro_scrape.gateway as gateway
+
+    assert gateway.__all__ == [
+        "HEALTHY_ASN",
+        "ExitInfo",
+        "GatewayManager",
+        "Outcome",
+        "RequestRouting",
+        "Route",
+        "Target",
+        "classify",
+    ]
+    for name in ("ExitInfo", "GatewayManager", "Outcome", "RequestRouting", "Route", "Target"):
+        assert getattr(proxaro_scrape, name) is getattr(gateway, name)
+        assert name in proxaro_scrape.__all__
