@@ -37,9 +37,9 @@ How a request travels (the same design as the httpx transport):
   headers, so this keeps one pool for every target: the gateway sees no more connections than
   requests in flight.  The header is removed from the request when the attempt is over, so
   ``response.request_info`` and redirects never show it.
-- **HTTPS**: ``proxy_auth`` (a ``BasicAuth`` of the gateway username) goes on the ``CONNECT``
-  only; tunnels are pooled per username by aiohttp's connector (bounded by its ``limit``, idle
-  ones closed after its ``keepalive_timeout``).  A refused ``CONNECT``'s status and
+- **HTTPS**: ``proxy_headers`` with the ``Proxy-Authorization`` of the gateway username go on
+  the ``CONNECT`` only; tunnels are pooled per username by aiohttp's connector (bounded by its
+  ``limit``, idle ones closed after its ``keepalive_timeout``).  A refused ``CONNECT``'s status and
   ``X-Proxaro-Error`` reach the manager (``ClientHttpProxyError`` carries them).
 - **Answers** are classified by the manager from status and headers before the body is read;
   retries, credential refreshes, failover and the final
@@ -49,8 +49,9 @@ How a request travels (the same design as the httpx transport):
 - **Bodies**: bytes, str, forms and JSON are resent on a retry; a one-shot stream (an async
   generator, say) cannot be, and the retry raises
   :class:`~proxaro_scrape.RequestNotReplayableError`.
-- **Secrets**: aiohttp puts the proxy auth into the connection key and the ``CONNECT``'s
-  request info; an aiohttp error raised through this middleware is scrubbed of both first.
+- **Secrets**: aiohttp keeps the ``CONNECT``'s headers in the request info of a refused
+  tunnel's error (and a ``BasicAuth`` proxy auth in connection keys); an aiohttp error raised
+  through this middleware is scrubbed of both first.
 """
 
 from __future__ import annotations
@@ -104,27 +105,17 @@ def exit_of(response: ClientResponse) -> ExitInfo | None:
 class _Shared:
     """State shared by a middleware and the per-request views made by ``using``."""
 
-    __slots__ = ("manager", "urls", "auths")
+    __slots__ = ("manager", "urls")
 
     def __init__(self, manager: GatewayManager) -> None:
         self.manager = manager
         self.urls: dict[str, URL] = {}
-        self.auths: dict[tuple[str, int], aiohttp.BasicAuth] = {}
 
     def gateway(self, route: Route) -> URL:
         url = self.urls.get(route.gateway_url)
         if url is None:
             url = self.urls[route.gateway_url] = URL(route.gateway_url)
         return url
-
-    def auth(self, route: Route) -> aiohttp.BasicAuth:
-        key = (route.username, route.credentials_version)
-        auth = self.auths.get(key)
-        if auth is None:
-            if len(self.auths) >= 4096:
-                self.auths.clear()  # bounded; a BasicAuth costs a microsecond to rebuild
-            auth = self.auths[key] = aiohttp.BasicAuth(route.username, route.password.reveal())
-        return auth
 
 
 class ProxaroMiddleware:
@@ -212,7 +203,10 @@ class ProxaroMiddleware:
         shared = self._shared
         headers = req.headers
         if tunnel:
-            req.update_proxy(shared.gateway(route), shared.auth(route), None)
+            # The CONNECT's own header (aiohttp >= 3.14 deprecates BasicAuth).  A fresh dict
+            # each time: the connector adds Host to the one it is given.
+            proxy_headers = CIMultiDict(((PROXY_AUTHORIZATION, route.proxy_authorization),))
+            req.update_proxy(shared.gateway(route), None, proxy_headers)
         else:
             req.update_proxy(shared.gateway(route), None, None)
             headers[PROXY_AUTHORIZATION] = route.proxy_authorization
@@ -269,8 +263,14 @@ async def _discard(response: ClientResponse, *, reuse: bool) -> None:
             response.close()
             return
         response.release()
-    else:
-        response.close()
+        return
+    # aiohttp hands a connection back to its pool as soon as a short body has arrived, before
+    # anyone reads it: closing the response is then too late to drop the connection, so its
+    # protocol is closed as well (the pool discards a closed connection).
+    protocol = getattr(response, "_protocol", None)
+    response.close()
+    if protocol is not None:
+        protocol.close()
 
 
 def _scrub(exc: BaseException) -> None:
