@@ -333,3 +333,21 @@ async def test_connections_stay_within_the_concurrency(stack: Driver) -> None:
         seen = await counters(sb)
         assert seen["gateway.requests"] >= n
         assert seen["gateway.connections"] <= concurrency, seen
+
+
+async def test_an_is_ban_hook_sees_status_headers_and_body(stack: Driver) -> None:
+    sb = stack.sb
+    seen: list[tuple[int, bool]] = []
+
+    def is_ban(status: int, headers: Any, body: Any) -> bool:
+        # A "ban" only the body tells: the site's /status/299 page says "status 299".
+        seen.append((status, headers is not None))
+        return body is not None and b"status 299" in bytes(body)
+
+    async with stack.opened(is_ban=is_ban, max_attempts=2) as drv:
+        for base in bases(sb):
+            r = await drv.get(f"{base}/status/200")
+            assert r.status == 200 and r.body == b"status 200\n"
+            with pytest.raises(AttemptsExhaustedError):
+                await drv.get(f"{base}/status/299")
+    assert (299, True) in seen
