@@ -168,6 +168,29 @@ class Sandbox:
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
 
+    def restart_gateway(self) -> None:
+        """Stop the gateway and start a new one on the same port (sync mode only).
+
+        Every client connection and tunnel of the old gateway is dropped, as when a real
+        gateway node restarts; the world (credentials, pool, sessions) carries on.
+        """
+        if self._loop is None:
+            raise RuntimeError("the sandbox is not running")
+        asyncio.run_coroutine_threadsafe(self.arestart_gateway(), self._loop).result(timeout=30)
+
+    async def arestart_gateway(self) -> None:
+        """Async twin of :meth:`restart_gateway`, on the sandbox's own loop."""
+        old = self.gateway
+        if old is None:
+            raise RuntimeError("this sandbox runs no gateway")
+        from proxaro_scrape.sandbox.gateway import GatewayServer
+
+        await old.close()
+        new = GatewayServer(self.world, host=self.host, port=self.gateway_port)
+        await new.start()
+        self.gateway = new
+        self._closers = [new.close if c == old.close else c for c in self._closers]
+
     # ------------------------------------------------------------------ async lifecycle
 
     async def start(self) -> None:
