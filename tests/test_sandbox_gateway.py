@@ -44,6 +44,8 @@ def creds(sb: Sandbox, suffix: str = "", password: str | None = None) -> tuple[s
 
 
 def proxy(sb: Sandbox, suffix: str = "", password: str | None = None) -> str:
+    if not suffix and password is None:
+        return sb.proxy_url()  # the static URL a plain client is given
     user, pw = creds(sb, suffix, password)
     return f"http://{user}:{pw}@{sb.gateway_host}:{sb.gateway_port}"
 
@@ -992,3 +994,35 @@ def test_whole_sandbox_reports_gateway_traffic_through_the_api(sandbox: Sandbox)
         assert latest["exit_country"] == "jp" and latest["bytes_recv"] > 20000
     counters = httpx.get(f"{sandbox.api_url}/_sandbox/counters", timeout=10).json()
     assert counters["gateway.requests"] >= 1 and counters["site.requests"] >= 1
+
+
+async def test_a_tunnel_ends_when_the_target_closes() -> None:
+    world = World(seed=2)
+
+    async def says_bye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"bye")
+        await writer.drain()
+        writer.close()
+
+    target = await asyncio.start_server(says_bye, "127.0.0.1", 0)
+    port = target.sockets[0].getsockname()[1]
+    gw = GatewayServer(world)
+    await gw.start()
+    try:
+        auth = basic(world.credentials.username, world.credentials.password)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        line = f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n"
+        writer.write(line.encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        # The client never closes its side; the gateway still ends the tunnel.
+        assert await asyncio.wait_for(reader.read(), 5) == b"bye"
+        writer.close()
+        for _ in range(100):
+            if world.sessions:
+                break
+            await asyncio.sleep(0.01)
+        assert world.sessions[-1].bytes_recv == 3
+    finally:
+        await gw.close()
+        target.close()
+        await target.wait_closed()

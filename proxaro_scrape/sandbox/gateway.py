@@ -1164,12 +1164,18 @@ class GatewayServer:
         writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
         counts = [0, 0]  # [to target, from target]
         loop = asyncio.get_running_loop()
+        forth = loop.create_task(_pump(reader, upstream.writer, counts, 0))
         back = loop.create_task(_pump(upstream.reader, writer, counts, 1))
         try:
-            await _pump(reader, upstream.writer, counts, 0)
-            await back
+            # The client half-closing still lets the target finish its answer; the target
+            # closing ends the tunnel (nothing can reach it any more).
+            done, _ = await asyncio.wait((forth, back), return_when=asyncio.FIRST_COMPLETED)
+            if back not in done:
+                await back
         finally:
+            forth.cancel()
             back.cancel()
+            await asyncio.gather(forth, back, return_exceptions=True)
             upstream.close()
             self._account(choice, started, counts[0], counts[1])
         return False
