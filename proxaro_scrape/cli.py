@@ -1,49 +1,81 @@
-"""The ``proxaro-scrape`` command."""
+"""The ``proxaro-scrape`` command: the account, the gateway and a local Proxaro from the shell.
+
+The commands live in :mod:`proxaro_scrape._cli`; this module is the group and its options
+(the console script is ``proxaro_scrape.cli:main``).
+"""
 
 from __future__ import annotations
 
 import click
 
+from proxaro_scrape._cli import account, gateway, local, manage
+from proxaro_scrape._cli._common import ENV_API_KEY, ENV_BASE_URL, CLIConfig, ProxaroGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+__all__ = ["main"]
+
+
+def _debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ProxaroGroup.debug = True
+    return value
+
+
+@click.group(cls=ProxaroGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="proxaro-scrape")
-def main() -> None:
-    """Route scraping traffic through the Proxaro gateway; run and script a local Proxaro."""
-
-
-@main.command()
+@click.option("--api-key", metavar="KEY", default=None, help=f"API key (else {ENV_API_KEY}).")
 @click.option(
-    "--port",
-    type=int,
-    default=0,
-    show_default=True,
-    help="API port; 0 picks free ports for every component.",
+    "--base-url",
+    metavar="URL",
+    default=None,
+    help=f"API base URL (else {ENV_BASE_URL}, else https://api.proxaro.io).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic world.")
-@click.option("--plan", default="growth", show_default=True, help="Plan of the sandbox account.")
-@click.option("--json", "as_json", is_flag=True, help="Print the addresses as one JSON line first.")
-def sandbox(port: int, seed: int, plan: str, as_json: bool) -> None:
-    """Run a local Proxaro (API, gateway, demo site) on loopback until interrupted."""
-    from proxaro_scrape.sandbox import Sandbox
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds per API request (default 30).",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Retries of a failed API request (429, 503, connection errors...).",
+)
+@click.option(
+    "--debug",
+    is_flag=True,
+    is_eager=True,
+    callback=_debug,
+    help="Show tracebacks instead of one error line.",
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    max_retries: int,
+    debug: bool,
+) -> None:
+    """Route scraping traffic through the Proxaro gateway; script the account; run a local
+    Proxaro.
 
-    sb = Sandbox(seed=seed, plan=plan, api_port=port)
-    with sb:
-        if as_json:
-            click.echo(sb.dumps(), nl=True)
-        else:
-            info = sb.info()
-            for key in (
-                "api_url",
-                "api_key",
-                "gateway_host",
-                "gateway_port",
-                "site_url",
-                "site_https_url",
-                "ca_cert",
-            ):
-                click.echo(f"{key:15} {info[key]}")
-            click.echo("Press Ctrl+C to stop.")
-        try:
-            sb.wait()
-        except KeyboardInterrupt:
-            pass
+    Every command takes --json (one JSON document on stdout, nothing else). Secrets are
+    masked unless a command's --reveal is given. Errors are one line on stderr and a
+    non-zero exit code.
+    """
+    cfg = ctx.ensure_object(CLIConfig)
+    cfg.api_key = api_key if api_key is not None else cfg.api_key
+    cfg.base_url = base_url if base_url is not None else cfg.base_url
+    cfg.timeout = timeout
+    cfg.max_retries = max_retries
+    cfg.debug = debug
+
+
+for _module in (account, manage, gateway, local):
+    for _cmd in _module.COMMANDS:
+        main.add_command(_cmd)
+
+if __name__ == "__main__":  # python -m proxaro_scrape.cli
+    main()

@@ -1,0 +1,63 @@
+"""Commands that run a local Proxaro: ``sandbox`` (and ``demo``)."""
+
+from __future__ import annotations
+
+import click
+
+from proxaro_scrape._cli._common import CommandError, sigterm_as_interrupt
+
+__all__ = ["COMMANDS"]
+
+#: The keys of ``sandbox --json``'s one line, in order (a contract with scripts and tests).
+SANDBOX_KEYS = (
+    "api_url",
+    "api_key",
+    "gateway_host",
+    "gateway_port",
+    "site_url",
+    "site_https_url",
+    "ca_cert",
+)
+
+
+@click.command("sandbox")
+@click.option(
+    "--port",
+    type=int,
+    default=0,
+    show_default=True,
+    help="API port; 0 picks free ports for every component.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic world.")
+@click.option("--plan", default="growth", show_default=True, help="Plan of the sandbox account.")
+@click.option("--json", "as_json", is_flag=True, help="Print the addresses as one JSON line first.")
+def sandbox(port: int, seed: int, plan: str, as_json: bool) -> None:
+    """Run a local Proxaro (API, gateway, demo site) on loopback until interrupted.
+
+    Its API key is a test key of the local world only: it is printed so that you can use it.
+    """
+    from proxaro_scrape.sandbox import Sandbox
+
+    try:
+        sb = Sandbox(seed=seed, plan=plan, api_port=port)
+    except ValueError as exc:  # an unknown plan, say
+        raise CommandError(str(exc)) from None
+    with sigterm_as_interrupt(), sb:
+        if as_json:
+            click.echo(sb.dumps(), nl=True)
+        else:
+            info = sb.info()
+            for key in SANDBOX_KEYS:
+                click.echo(f"{key:15} {info[key]}")
+            click.echo(
+                f"Try: proxaro-scrape --api-key {info['api_key']} --base-url {info['api_url']} "
+                "status"
+            )
+            click.echo("Press Ctrl+C to stop.")
+        try:
+            sb.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+COMMANDS = (sandbox,)
