@@ -229,7 +229,9 @@ class ProxaroMiddleware:
                 # Off the request at once: the response's request_info is a live view of it.
                 headers.popall(PROXY_AUTHORIZATION, None)
         try:
-            outcome = await self._observe(rr, response, tunnel)
+            # The user's is_ban hook may look at the body; without one it stays unread.
+            body = await response.read() if self._shared.manager.core.is_ban else None
+            outcome = self._observe(rr, response, tunnel, body)
         except BaseException:
             response.close()
             raise
@@ -239,11 +241,12 @@ class ProxaroMiddleware:
         await _discard(response, reuse=not tunnel)
         return None, outcome, None
 
-    async def _observe(self, rr: RequestRouting, response: ClientResponse, tunnel: bool) -> Outcome:
+    def _observe(
+        self, rr: RequestRouting, response: ClientResponse, tunnel: bool, body: bytes | None
+    ) -> Outcome:
         status = response.status
-        if self._shared.manager.core.is_ban is not None:
-            # The user's hook may look at the body and at the site's headers.
-            body = await response.read()
+        if body is not None:
+            # An is_ban hook: it gets the site's headers and the body.
             items = list(response.headers.items())
             if tunnel:
                 items = [p for p in items if not gateway_pairs([p])]

@@ -112,6 +112,46 @@ def _replayable(request: httpx.Request) -> bool:
     return isinstance(request.stream, httpx.ByteStream)
 
 
+_PA_RAW = PROXY_AUTHORIZATION.encode()
+_PA_LOWER = _PA_RAW.lower()
+
+
+def _put_auth(headers: httpx.Headers, value: str) -> Any:
+    """Put ``Proxy-Authorization: value`` on a request for one attempt; a token to take it off.
+
+    On the per-request path: httpx's own ``headers[...] = ...`` and ``del`` scan and re-encode
+    the whole list, so the entry is appended to (and popped from) the list httpx keeps when it
+    has one, which costs a fraction of a microsecond.  Any ``Proxy-Authorization`` already there
+    is replaced for the attempt and put back after.
+    """
+    items = getattr(headers, "_list", None)
+    if type(items) is list and PROXY_AUTHORIZATION not in headers:
+        item = (_PA_RAW, _PA_LOWER, value.encode("latin-1"))
+        items.append(item)
+        return item
+    saved = headers.get(PROXY_AUTHORIZATION)
+    headers[PROXY_AUTHORIZATION] = value
+    return ("saved", saved)
+
+
+def _take_auth(headers: httpx.Headers, token: Any) -> None:
+    """Undo :func:`_put_auth`."""
+    if token[0] == "saved":
+        if token[1] is None:
+            del headers[PROXY_AUTHORIZATION]
+        else:
+            headers[PROXY_AUTHORIZATION] = token[1]
+        return
+    items = headers._list
+    if items and items[-1] is token:
+        items.pop()
+    else:
+        try:
+            items.remove(token)
+        except ValueError:
+            pass
+
+
 def _drainable(response: httpx.Response) -> bool:
     length = response.headers.get("content-length")
     return length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT
@@ -433,8 +473,7 @@ class ProxaroTransport(_Base, httpx.BaseTransport):
     ) -> tuple[httpx.Response | None, Outcome, BaseException | None]:
         transport = self._plain_for(route)
         headers = request.headers
-        saved = headers.get(PROXY_AUTHORIZATION)
-        headers[PROXY_AUTHORIZATION] = route.proxy_authorization
+        token = _put_auth(headers, route.proxy_authorization)
         try:
             response = transport.handle_request(request)
         except Exception as exc:
@@ -443,10 +482,7 @@ class ProxaroTransport(_Base, httpx.BaseTransport):
             return None, rr.observe(exception=exc), exc
         finally:
             # Off again at once: the client builds redirects from this very request.
-            if saved is None:
-                del headers[PROXY_AUTHORIZATION]
-            else:
-                headers[PROXY_AUTHORIZATION] = saved
+            _take_auth(headers, token)
         body = response.read() if self._needs_body() else None
         outcome = self._observe_answer(rr, response, False, body)
         if outcome.ok:
@@ -554,8 +590,7 @@ class AsyncProxaroTransport(_Base, httpx.AsyncBaseTransport):
     ) -> tuple[httpx.Response | None, Outcome, BaseException | None]:
         transport = self._plain_for(route)
         headers = request.headers
-        saved = headers.get(PROXY_AUTHORIZATION)
-        headers[PROXY_AUTHORIZATION] = route.proxy_authorization
+        token = _put_auth(headers, route.proxy_authorization)
         try:
             response = await transport.handle_async_request(request)
         except Exception as exc:
@@ -563,10 +598,7 @@ class AsyncProxaroTransport(_Base, httpx.AsyncBaseTransport):
                 raise
             return None, rr.observe(exception=exc), exc
         finally:
-            if saved is None:
-                del headers[PROXY_AUTHORIZATION]
-            else:
-                headers[PROXY_AUTHORIZATION] = saved
+            _take_auth(headers, token)
         body = await response.aread() if self._needs_body() else None
         outcome = self._observe_answer(rr, response, False, body)
         if outcome.ok:
