@@ -464,6 +464,17 @@ def test_breaker_board_timing_and_jitter() -> None:
     assert threshold.failure("x", 0.0)
 
 
+def test_a_success_routed_before_the_breaker_opened_does_not_close_it() -> None:
+    # Under load, requests routed to a region before it died (a kept-alive tunnel whose exit
+    # outlives it) still succeed after the breaker opened; closing on them made it flap.
+    b = BreakerBoard(MemoryStore(), base_backoff=1.0, jitter=0.0)
+    assert b.failure("k", 0.0)
+    assert not b.success("k", 0.1) and b.state("k", 0.1) == "open"
+    assert not b.allow("k", 0.5)  # the backoff is not reset either
+    assert b.allow("k", 1.0)  # the half-open probe...
+    assert b.success("k", 1.1) and b.state("k", 1.1) == "closed"  # ...does close it
+
+
 def test_remote_pool_health_opens_and_closes_breakers() -> None:
     core, _ = make(target={"country": "de"})
     core.install_pool(pool_view({"de": "down"}))

@@ -10,7 +10,8 @@ Two sources feed the same state machine:
 
 - **local observations**: a ``502 no_exit`` for a target opens its breaker
   (``failure_threshold`` consecutive failures, 1 by default since ``no_exit`` is the gateway's
-  own verdict), and a success closes it;
+  own verdict), and a success closes it (while open, only the half-open probe's counts: a
+  success routed before the breaker opened is stale);
 - **the remote pool view**: a country or pinned ASN whose ``pool_health`` turns down (or
   degraded) opens its breaker at once; when it turns healthy again the breaker closes.  A probe
   that succeeds in between closes it too: the freshest evidence wins.
@@ -111,6 +112,12 @@ class BreakerBoard:
         """A request to ``key`` succeeded; True when this closed an open/half-open breaker."""
         st: BreakerState | None = self.store.breaker_get(key)
         if st is None:
+            return False
+        if st.state == OPEN:
+            # An open breaker lets nothing through, so this request was routed before it
+            # opened (over a kept-alive tunnel, say, whose exit outlives the region): stale
+            # evidence.  Closing on it made the breaker flap under load, sending a share of
+            # the traffic back to the dead region.  Only the half-open probe closes it.
             return False
         reopened = st.state != CLOSED
         self.store.breaker_pop(key)
