@@ -174,8 +174,9 @@ def console() -> Console:
 
 
 def err_console() -> Console:
-    """A rich console on stderr (notes, progress)."""
-    return Console(file=sys.stderr, highlight=False)
+    """A rich console on stderr (notes, progress); long lines are not wrapped, so that a path
+    or a URL stays whole for whoever reads the line."""
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
 
 def table(title: str | None, *columns: str, **kw: Any) -> Table:
