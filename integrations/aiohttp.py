@@ -39,8 +39,10 @@ How a request travels (the same design as the httpx transport):
   ``response.request_info`` and redirects never show it.
 - **HTTPS**: ``proxy_headers`` with the ``Proxy-Authorization`` of the gateway username go on
   the ``CONNECT`` only; tunnels are pooled per username by aiohttp's connector (bounded by its
-  ``limit``, idle ones closed after its ``keepalive_timeout``).  A refused ``CONNECT``'s status and
-  ``X-Proxaro-Error`` reach the manager (``ClientHttpProxyError`` carries them).
+  ``limit``, idle ones closed after its ``keepalive_timeout``).  A kept-alive tunnel keeps its
+  exit, so without a sticky key HTTPS rotates per tunnel, not per request.  A refused
+  ``CONNECT``'s status and ``X-Proxaro-Error`` reach the manager (``ClientHttpProxyError``
+  carries them).
 - **Answers** are classified by the manager from status and headers before the body is read;
   retries, credential refreshes, failover and the final
   :class:`~proxaro_scrape.AttemptsExhaustedError` are its decisions.  A failed answer is read

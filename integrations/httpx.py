@@ -31,7 +31,9 @@ How a request travels:
   (``tunnel_pools``), each closed when evicted and no longer carrying a request.  The exit of a
   tunnel (the ``CONNECT`` answer's ``X-Proxaro-Exit-*``) is remembered per connection, and a
   refused ``CONNECT``'s ``X-Proxaro-Error`` reaches the manager, through httpcore's ``trace``
-  extension (a ``trace`` of your own is still called).
+  extension (a ``trace`` of your own is still called).  A kept-alive tunnel keeps its exit:
+  over HTTPS, "a new exit per request" holds per tunnel, so use a sticky key or a session per
+  identity when it matters (plain HTTP rotates on every request).
 - **Answers** are classified by the manager (``rr.observe``) from status and headers, before
   the body is read, so streaming stays streaming.  407: fresh credentials, sent once more.
   Ban, dead region, exit failure, timeout: what the manager decides (new session, failover,
@@ -453,8 +455,6 @@ class ProxaroTransport(_Base, httpx.BaseTransport):
         replayable = _replayable(request)
         while True:
             route = rr.next_route()
-            error: BaseException | None = None
-            response: httpx.Response | None = None
             if tunnel:
                 response, outcome, error = self._send_tunnel(request, route, rr)
             else:

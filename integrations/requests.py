@@ -36,7 +36,8 @@ How a request travels (the same design as the httpx transport):
   ``pool_maxsize`` to your thread count (requests' default keeps 10 connections).
 - **HTTPS**: a ``ProxyManager`` per gateway username and credentials version (the tunnel is
   authenticated by its ``CONNECT``), in a bounded LRU (``max_proxy_managers``); an evicted one
-  is cleared, which closes its idle connections and lets busy ones finish.
+  is cleared, which closes its idle connections and lets busy ones finish.  A kept-alive tunnel
+  keeps its exit, so without a sticky key HTTPS rotates per tunnel, not per request.
 - **Answers** are classified by the manager before the body is read (``stream=True`` stays
   streaming); retries, refreshes, failover and the final
   :class:`~proxaro_scrape.AttemptsExhaustedError` are the manager's decisions.  A failed answer
