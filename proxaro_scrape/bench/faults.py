@@ -208,7 +208,7 @@ def _describe(exc: BaseException, secrets: set[str]) -> str:
 
 
 async def _scenarios(quick: bool, concurrency: int) -> dict[str, Any]:
-    seconds, event_at = (2.5, 0.8) if quick else (8.0, 3.0)
+    seconds, event_at = (1.6, 0.5) if quick else (8.0, 3.0)
     out: dict[str, Any] = {"rotation": {}, "region": {}}
     with sandbox_process() as sb:
         for stack in STACKS:
