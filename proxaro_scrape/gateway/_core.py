@@ -381,12 +381,15 @@ class RequestRouting:
             ex = out.exit
             if ex is not None and ex.ip and store.exit_seen(ex.ip):
                 store.incr("exits_used")
+            blind = False
             if kind == "exit_failure" and out.gateway_error is None:
                 # A failed CONNECT with a bare 502: no_exit or exit_failed, the header is lost.
-                # Twice in a row on the same target reads as a dead region.
+                # Twice in a row on the same target reads as a dead region for this request,
+                # when there is another target to fail over to (else: keep retrying).
                 self._blind_502 += 1
-                if self._blind_502 >= 2:
+                if self._blind_502 >= 2 and self._idx + 1 < len(self._chain):
                     kind = "region_dead"
+                    blind = True
             else:
                 self._blind_502 = 0
             store.incr(f"outcomes/{kind}")
@@ -442,7 +445,14 @@ class RequestRouting:
             elif kind == "region_dead":
                 store.incr("region_dead")
                 b = core.breakers
-                opened = b.failure(step.fail_key, now)
+                if blind and b.state(step.fail_key, now) == CLOSED:
+                    # Ordinary exit failures (a few percent of exits) also give two bare 502s
+                    # in a row now and then: such guesswork moves this request on, but never
+                    # opens the breaker every request shares.  That takes the gateway's
+                    # explicit no_exit, or the pool view.
+                    opened = False
+                else:
+                    opened = b.failure(step.fail_key, now)
                 for k in step.keys[1:]:
                     if b.state(k, now) != CLOSED:
                         b.failure(k, now)  # a failed half-open probe reopens it
