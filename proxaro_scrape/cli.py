@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from proxaro_scrape._cli import account, gateway, local, manage
+from proxaro_scrape._cli import account, demo, gateway, local, manage
 from proxaro_scrape._cli._common import ENV_API_KEY, ENV_BASE_URL, CLIConfig, ProxaroGroup
 
 __all__ = ["main"]
@@ -73,7 +73,7 @@ def main(
     cfg.debug = debug
 
 
-for _module in (account, manage, gateway, local):
+for _module in (account, manage, gateway, local, demo):
     for _cmd in _module.COMMANDS:
         main.add_command(_cmd)
 
