@@ -33,7 +33,9 @@ Choices the protocol leaves open, made here:
   forgotten, so the next request with the same id gets a new exit (or ``no_exit``).
 - A target that refuses the connection or drops it before answering: 502 ``exit_failed``.
 - ``gateway.requests`` counts every plain-HTTP request received (errors included);
-  ``gateway.tunnels`` counts tunnels established (``200 Connection established`` sent).
+  ``gateway.tunnels`` counts tunnels established (``200 Connection established`` sent);
+  ``gateway.connections_closed`` counts client connections ended (``gateway.connections``
+  minus it: the connections open now).
 - Malformed HTTP from a client (not a Proxaro answer): 400 with ``X-Proxaro-Error:
   bad_request``, and the connection is closed.
 """
@@ -703,6 +705,8 @@ class GatewayServer:
             log.exception("sandbox gateway: connection failed")
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
+            # With gateway.connections: how many client connections are open right now.
+            self.world.counters["gateway.connections_closed"] += 1
             writer.close()
 
     # ------------------------------------------------------------------ plain HTTP
