@@ -6,5 +6,6 @@
   countries, asns;
 - :mod:`.manage`: the ``allowlist`` and ``webhooks`` groups;
 - :mod:`.gateway`: ``proxy-url`` and ``check``;
-- :mod:`.local`: ``sandbox`` (and the demo).
+- :mod:`.local`: ``sandbox``;
+- :mod:`.demo`: ``demo`` (imports the example Scrapy project, and so Scrapy, only when run).
 """

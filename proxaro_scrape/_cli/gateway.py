@@ -32,7 +32,7 @@ from proxaro_scrape._cli._common import (
     table,
 )
 from proxaro_scrape.api import Proxaro
-from proxaro_scrape.errors import ProxaroError
+from proxaro_scrape.errors import ProxaroError, TargetError
 from proxaro_scrape.gateway import GatewayManager, Target
 from proxaro_scrape.gateway.outcome import Outcome
 
@@ -82,14 +82,19 @@ def build_target(
     """The :class:`Target` of the options (syntax checked here, before any request)."""
     if asn is not None and asn[:2].upper() == "AS" and asn[2:].isdigit():
         asn = asn[2:]  # `proxaro-scrape asns` lists them as AS7922
-    return Target(
-        country=country.lower() if country else country,
-        city=city,
-        asn=asn,
-        exit_class=exit_class,
-        session=session,
-        session_ttl=session_ttl,
-    )
+    try:
+        return Target(
+            country=country.lower() if country else country,
+            city=city,
+            asn=asn,
+            exit_class=exit_class,
+            session=session,
+            session_ttl=session_ttl,
+        )
+    except TargetError as exc:
+        # Target's messages name its fields; the user typed options.
+        option = "--" + (exc.param or "target").replace("_", "-")
+        raise TargetError(f"{option}: {exc}", param=exc.param) from None
 
 
 def target_dict(target: Target) -> dict[str, Any]:
