@@ -585,8 +585,9 @@ def main(argv: list[str] | None = None) -> int:
 
     err = Console(stderr=True, highlight=False)
     report = run_suite(args.quick, only, log=lambda msg: err.print(msg, markup=False))
-    # Piped or redirected (CI logs, a README), rich would fold the table into 80 columns.
-    width = None if sys.stdout.isatty() else 160
+    # Piped or redirected (CI logs, a README), rich would fold the table into 80 columns
+    # unless COLUMNS says otherwise.
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
     Console(highlight=False, width=width).print(render_table(report))
     with open(args.json, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, default=str)
