@@ -501,6 +501,18 @@ def _callable(value: Any, name: str) -> Callable[..., Any] | None:
     return value  # type: ignore[no-any-return]
 
 
+def _asyncio_available() -> bool:
+    """Is the crawl on asyncio (the asyncio reactor, or Scrapy 2.14+'s reactorless mode)?"""
+    try:
+        from scrapy.utils.asyncio import is_asyncio_available  # Scrapy >= 2.14
+    except ImportError:  # pragma: no cover - Scrapy 2.13
+        from scrapy.utils.reactor import is_asyncio_reactor_installed as is_asyncio_available
+    try:
+        return bool(is_asyncio_available())
+    except RuntimeError:  # no reactor and no loop yet (a unit test's bare crawler): can't tell
+        return True
+
+
 def _check_order(settings: BaseSettings, mine: type) -> None:
     """Refuse a middleware order in which the credentials would never reach the gateway."""
     from scrapy.utils.misc import load_object
@@ -581,9 +593,7 @@ class ProxaroDownloaderMiddleware:
             ) from None
         if not enabled:
             raise NotConfigured  # off by choice: nothing to say
-        from scrapy.utils.asyncio import is_asyncio_available
-
-        if not is_asyncio_available():
+        if not _asyncio_available():
             raise ConfigurationError(
                 "the Proxaro middleware needs the asyncio reactor: TWISTED_REACTOR = "
                 '"twisted.internet.asyncioreactor.AsyncioSelectorReactor" (Scrapy\'s default)',
@@ -668,7 +678,7 @@ class ProxaroDownloaderMiddleware:
             f"{s.get('requests', 0)} requests routed ({s.get('retries', 0)} retries), "
             f"{s.get('successes', 0)} answered, {s.get('bans', 0)} bans, "
             f"{s.get('failovers', 0)} failovers, "
-            f"{s.get('credential_refreshes', 0)} credential refreshes "
+            f"credentials fetched {s.get('credential_refreshes', 0)} times "
             f"({s.get('rotations', 0)} rotations), {s.get('exits_used', 0)} exits used, "
             f"{gave_up} gave up; by country: {by_country}"
         )
@@ -689,7 +699,11 @@ class ProxaroDownloaderMiddleware:
             if engine is None or getattr(engine, "spider", None) is None:
                 return
             logger.error("Proxaro: the plan's bandwidth cap is reached: closing the spider")
-            asyncio.ensure_future(engine.close_spider_async(reason="proxaro_usage_cap"))
+            close_async = getattr(engine, "close_spider_async", None)  # Scrapy >= 2.14
+            if close_async is not None:
+                asyncio.ensure_future(close_async(reason="proxaro_usage_cap"))
+            else:  # pragma: no cover - Scrapy 2.13
+                engine.close_spider(engine.spider, reason="proxaro_usage_cap")
 
         try:
             running = asyncio.get_running_loop()

@@ -179,6 +179,11 @@ class German(Collect):
     proxaro_target = {"country": "de"}
 
 
+class Dutch(Collect):
+    name = "dutch"
+    custom_settings = {"PROXARO_TARGET": {"country": "nl"}}
+
+
 @pytest_twisted.ensureDeferred
 async def test_ip_shows_the_country_of_each_targeting_level(sandbox: Sandbox) -> None:
     ip = f"{sandbox.site_url}/ip"
@@ -195,8 +200,14 @@ async def test_ip_shows_the_country_of_each_targeting_level(sandbox: Sandbox) ->
             (f"{ip}?request=target", {"proxaro": Target(country="br")}),
         ],
     )
+    level_custom = runner.create_crawler(Dutch)
+    c = runner.crawl(level_custom, requests=urls(ip, "?custom=1", 2))
     await a
     await b
+    await c
+    third = level_custom.spider
+    assert isinstance(third, Collect)
+    assert {r["body"]["country"] for r in third.results.values()} == {"nl"}
     first, second = level_settings.spider, level_spider.spider
     assert isinstance(first, Collect) and isinstance(second, Collect)
     assert not first.errors and not second.errors
@@ -239,6 +250,30 @@ async def test_meta_false_sends_direct(sandbox: Sandbox) -> None:
     assert direct["exit_ip"] is None
     assert proxied["body"]["country"] is not None
     assert proxaro_stats(crawler)["proxaro/direct"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirects_and_scrapy_retries_are_new_logical_requests(sandbox: Sandbox) -> None:
+    site = sandbox.site_url
+    redirect = f"{site}/redirect?to={site}/ip%3Fafter=1"
+    crawler = await crawl(
+        Collect,
+        settings_for(sandbox, RETRY_TIMES=1),
+        requests=[(redirect, {}), (f"{site}/status/500", {})],
+    )
+    spider = crawler.spider
+    assert isinstance(spider, Collect)
+    # The redirect was followed through the gateway, to an exit of its own.
+    assert spider.results[f"{site}/ip?after=1"]["body"]["country"] is not None
+    stats = crawler.stats
+    assert stats is not None
+    # A site's own 500 is its answer (a success for routing), retried by RetryMiddleware once:
+    # two requests there, plus the 302 and the redirected request.
+    assert stats.get_value("retry/count") == 1
+    assert stats.get_value("proxaro/requests") == 4
+    assert stats.get_value("proxaro/logical_requests") == 4
+    assert stats.get_value("proxaro/outcomes/success") == 4
+    assert stats.get_value("proxaro/retries") is None
 
 
 # ---------------------------------------------------------------------------- sticky sessions
