@@ -157,6 +157,8 @@ async def test_example_spider_fetches_every_page_of_the_shop_once(sandbox: Sandb
     assert sandbox.world.counters["site.requests"] == pages
     stats = proxaro_stats(crawler)
     assert stats["proxaro/requests"] == pages
+    mw = ProxaroDownloaderMiddleware.of(crawler)
+    assert mw is not None and mw.manager.stats()["requests"] == pages
     assert stats.get("proxaro/retries", 0) == 0
     # The spider's target (de) and the per-request overrides (fr, us), sticky per domain.
     by_country = spider.pages_by_country  # type: ignore[attr-defined]
