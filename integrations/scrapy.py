@@ -563,7 +563,10 @@ class ProxaroDownloaderMiddleware:
     ``ProxaroDownloaderMiddleware.of(crawler)`` finds the instance of a crawler.
     """
 
-    _instances: weakref.WeakKeyDictionary[Any, ProxaroDownloaderMiddleware] = (
+    # Crawler -> a weak reference to its middleware.  A strong value would keep its own key
+    # alive (the middleware holds the crawler, directly and through the stats), so no finished
+    # crawl would ever be freed: a process running crawl after crawl would keep them all.
+    _instances: weakref.WeakKeyDictionary[Any, weakref.ref[ProxaroDownloaderMiddleware]] = (
         weakref.WeakKeyDictionary()
     )
 
@@ -604,13 +607,14 @@ class ProxaroDownloaderMiddleware:
         mw = cls(crawler, config.manager(), config)
         crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)
-        cls._instances[crawler] = mw
+        cls._instances[crawler] = weakref.ref(mw)
         return mw
 
     @classmethod
     def of(cls, crawler: Crawler) -> ProxaroDownloaderMiddleware | None:
         """The middleware of ``crawler`` (once its engine is built), or ``None``."""
-        return cls._instances.get(crawler)
+        ref = cls._instances.get(crawler)
+        return ref() if ref is not None else None
 
     # ------------------------------------------------------------------ spider lifecycle
 
