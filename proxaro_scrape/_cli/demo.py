@@ -189,7 +189,8 @@ def _live_stats(spider: Any) -> str:
     s = mw.manager.stats()
     return (
         f"exits {s.get('exits_used', 0)} · bans {s.get('bans', 0)} · "
-        f"failovers {s.get('failovers', 0)} · refreshes {s.get('credential_refreshes', 0)}"
+        f"failovers {s.get('failovers', 0)} · "
+        f"refreshes {max(s.get('credential_refreshes', 0) - 1, 0)}"
     )
 
 
@@ -325,7 +326,7 @@ def _live_stats_final(result: Any) -> str:
     return (
         f"exits {s.get('proxaro/exits_used', 0)} · bans {s.get('proxaro/bans', 0)} · "
         f"failovers {s.get('proxaro/failovers', 0)} · "
-        f"refreshes {s.get('proxaro/credential_refreshes', 0)}"
+        f"refreshes {max(s.get('proxaro/credential_refreshes', 0) - 1, 0)}"
     )
 
 
@@ -350,6 +351,7 @@ def _report(
     # never arrived (whatever else was parsed in its place).
     lost = max(expected - pages, len(missing), 0)
     bans = int(stats.get("proxaro/bans", 0))
+    fetches = int(stats.get("proxaro/credential_refreshes", 0))
     gave_up = int(stats.get("proxaro/gave_up", 0))
     problems: list[str] = []
     if lost:
@@ -386,7 +388,9 @@ def _report(
         "bans": bans,
         "bans_recovered": max(bans - gave_up, 0) if not summary["failed"] else 0,
         "failovers": int(stats.get("proxaro/failovers", 0)),
-        "credential_refreshes": int(stats.get("proxaro/credential_refreshes", 0)),
+        # The manager counts every successful credentials fetch, the one at start included.
+        "credential_fetches": fetches,
+        "credential_refreshes": max(fetches - 1, 0),
         "rotations": int(stats.get("proxaro/rotations", 0)),
         "retries": int(stats.get("proxaro/retries", 0)),
         "events": sorted(scenario.events, key=lambda e: e["at_page"]),
@@ -439,7 +443,7 @@ def _show(data: dict[str, Any], report: str) -> None:
     )
     grid.add_row(
         "credential refreshes",
-        f"{data['credential_refreshes']} ({data['rotations']} new password(s) taken up"
+        f"{data['credential_refreshes']} ({data['rotations']} new password taken up"
         + (f"; rotated at page {rotated['at_page']})" if rotated else ")"),
     )
     failed = data["failed"] + data["lost"]
