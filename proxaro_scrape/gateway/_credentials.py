@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from proxaro_scrape._secrets import Secret
+from proxaro_scrape.errors import APIError
 
 __all__ = ["CredentialsState", "GatewayCredentials"]
 
@@ -95,11 +96,32 @@ def credentials_from_model(model: Any, version: int) -> GatewayCredentials:
     if isinstance(expires, datetime) and expires.tzinfo is None:
         expires = expires.replace(tzinfo=timezone.utc)
     password = get("password")
+    gateway, username = get("gateway"), get("username")
+    port: Any = get("port")
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    # Credentials without these would route every request nowhere, each failing as a
+    # connection error far from the cause: refuse them here, saying what the API left out.
+    missing = [
+        name
+        for name, ok in (
+            ("gateway", isinstance(gateway, str) and bool(gateway.strip())),
+            ("port", isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536),
+            ("username", isinstance(username, str) and bool(username)),
+            ("password", isinstance(password, (str, Secret)) and bool(password)),
+        )
+        if not ok
+    ]
+    if missing:
+        raise APIError(
+            f"the API's credentials (GET /v1/credentials) have no usable {', '.join(missing)}: "
+            "the gateway cannot be reached with them"
+        )
     return GatewayCredentials(
         version=version,
-        gateway=str(get("gateway")),
-        port=int(get("port") or 0),
-        username=str(get("username")),
+        gateway=str(gateway),
+        port=int(port),
+        username=str(username),
         password=password if isinstance(password, Secret) else Secret(str(password)),
         expires_at=expires if isinstance(expires, datetime) else None,
         id=get("id"),

@@ -409,7 +409,8 @@ class GatewayManager:
             inflight.wait(REFRESH_WAIT)
             return self._newer(seen_version if seen_version is not None else -1)
         try:
-            model = self._sync_client().credentials.get()
+            # Installed before the waiters are woken: they resend at once, with what is current.
+            return self._credentials_fetched(self._sync_client().credentials.get())
         except Exception as exc:  # noqa: BLE001 - keep serving the last good credentials
             self._refresh_failed(exc)
             if background:
@@ -419,13 +420,13 @@ class GatewayManager:
             with self._refresh_lock:
                 self._sync_inflight = None
             inflight.set()
-        return self._credentials_fetched(model)
 
     async def _arefresh_once(self, seen_version: int | None, *, background: bool = False) -> bool:
         loop = asyncio.get_running_loop()
         try:
             if self._async_client is not None and loop is self._loop:
                 model = await self._async_client.credentials.get()
+                return self._credentials_fetched(model)  # a refusal counts as a failed refresh
             elif self._sync_client_or_none() is not None:
                 # No async client on this loop (a sync-started manager under Scrapy, say):
                 # the sync single-flight refresh, in a worker thread.
@@ -445,7 +446,6 @@ class GatewayManager:
         finally:
             if self._async_inflight.get(loop) is asyncio.current_task():
                 del self._async_inflight[loop]
-        return self._credentials_fetched(model)
 
     def _credentials_fetched(self, model: Any) -> bool:
         self._refresh_failed_at = None
@@ -495,10 +495,9 @@ class GatewayManager:
         client = self._sync_client()
         try:
             try:
-                model = client.credentials.get()
+                self._credentials_fetched(client.credentials.get())
             except ProxaroError as exc:
                 raise _start_error(exc, "fetching the gateway credentials") from exc
-            self._credentials_fetched(model)
             try:
                 countries = client.countries.list()
             except ProxaroError as exc:
@@ -622,10 +621,9 @@ class GatewayManager:
         client = self._aclient()
         try:
             try:
-                model = await client.credentials.get()
+                self._credentials_fetched(await client.credentials.get())
             except ProxaroError as exc:
                 raise _start_error(exc, "fetching the gateway credentials") from exc
-            self._credentials_fetched(model)
             try:
                 countries = await client.countries.list()
             except ProxaroError as exc:
