@@ -210,13 +210,13 @@ def check_target(pool: PoolView, target: Target) -> list[str]:
         if target.countries is None and lacking:
             info = pool.countries[lacking[0]]
             raise TargetError(
-                f"{_describe_country(pool, info.code)} has no {target.exit_class!r} exits; "
-                f"it has {', '.join(info.exit_classes)}",
+                f"exit_class {target.exit_class!r}: {_describe_country(pool, info.code)} has no "
+                f"such exits; it has {', '.join(info.exit_classes)}",
                 param="exit_class",
             )
         if target.countries is not None and len(lacking) == len(codes):
             raise TargetError(
-                f"none of {', '.join(codes)} has {target.exit_class!r} exits",
+                f"exit_class {target.exit_class!r}: none of {', '.join(codes)} has such exits",
                 param="exit_class",
             )
     if target.asn is not None:
