@@ -31,6 +31,7 @@ from proxaro_scrape import (
     AsyncProxaro,
     AttemptsExhaustedError,
     GatewayAuthError,
+    GatewayManager,
     Proxaro,
     ProxaroError,
     RetryPolicy,
@@ -644,3 +645,49 @@ def test_bare_502s_on_connect_never_open_the_shared_breaker() -> None:
     rr.next_route()
     assert rr.observe(502, {"X-Proxaro-Error": "no_exit"}).kind == "region_dead"
     assert core.breakers.snapshot() == {"c:de": "open"}
+
+
+class _FlakyCredentialsClient:
+    """A REST client stand-in whose credentials answer turns unusable after the first."""
+
+    def __init__(self) -> None:
+        self.answers = [
+            {
+                "gateway": "127.0.0.1",
+                "port": 7777,
+                "username": "nb_growth_a1b2",
+                "password": "pw-one",
+                "expires_at": "2030-01-01T00:00:00Z",
+            },
+            {"object": "credentials", "gateway": "127.0.0.1", "port": 7777},  # no password
+        ]
+        self.credentials = self
+        self.countries = self
+        self.usage = self
+
+    def get(self) -> Any:
+        if self.answers and "username" in self.answers[0]:
+            return self.answers.pop(0)
+        return self.answers[0]
+
+    def list(self) -> Any:
+        return {"data": []}
+
+    def asns(self, code: str) -> Any:
+        return {"data": []}
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unusable_credentials_answer_keeps_the_last_good_ones() -> None:
+    """The API answers a refresh with credentials lacking a password: that refresh fails (logged,
+    counted) and the last good credentials keep serving; no broken route is ever handed out."""
+    client = _FlakyCredentialsClient()
+    mgr = GatewayManager(client=client, pool_ttl=None, usage_poll_interval=None)
+    with mgr:
+        assert mgr.credentials is not None and mgr.credentials_version == 1
+        assert mgr.refresh_credentials(1) is False
+        assert mgr.stats()["credential_refresh_errors"] == 1
+        route = mgr.request("http://shop.example/").next_route()
+        assert route.password.reveal() == "pw-one" and route.credentials_version == 1
