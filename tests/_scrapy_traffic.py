@@ -79,6 +79,8 @@ class Sustained(scrapy.Spider):
         self.phases: dict[str, Counter[str]] = {}
         self.exit_countries: dict[str, Counter[str]] = {}
         self.samples: dict[str, list[str]] = {}
+        #: The first errors met (the exceptions themselves), for inspection.
+        self.errors: list[BaseException] = []
         self.stopped = False
 
     @classmethod
@@ -155,6 +157,8 @@ class Sustained(scrapy.Spider):
             self.failures[name] += 1
         else:
             self.bare.append(f"{name}: {exc!r}"[:300])
+        if len(self.errors) < 50:
+            self.errors.append(exc)
         kept = self.samples.setdefault(name, [])
         if len(kept) < 3:
             kept.append(str(exc)[:240])
