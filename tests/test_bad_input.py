@@ -341,7 +341,8 @@ def _cleanup(sb: Sandbox, runner: web.AppRunner) -> None:
 
 
 def _counters(sb: Sandbox) -> dict[str, int]:
-    return dict(httpx.get(f"{sb.api_url}/_sandbox/counters", timeout=10).json())
+    # Read on the sandbox's own loop: a copy never races a request being counted.
+    return sb.call(lambda: dict(sb.world.counters))
 
 
 def test_every_mistake_is_named_before_anything_is_sent(
