@@ -1,27 +1,33 @@
 """Scrapy through the gateway: a fixed ``meta["proxy"]`` versus the Proxaro middleware.
 
-    python -m proxaro_scrape.bench.scrapy [--quick] [--json] [--profile out.html]
+    python -m proxaro_scrape.bench.scrapy [--quick] [--json] [--schedule paired|alternating]
 
-The same crawl (``pages`` product pages of the sandbox demo shop, parsed with CSS selectors,
-one item each, ``CONCURRENT_REQUESTS`` 16) is run two ways against one sandbox:
+The same crawl (product pages of the sandbox demo shop, parsed with CSS selectors, one item
+each) is run two ways against one sandbox, each in a fresh subprocess (a clean reactor, nothing
+cached from the other side):
 
 - **static**: every request carries ``meta["proxy"]`` = the gateway URL with the credentials,
   fixed for the whole crawl, no Proxaro code in the crawler (what a user writes by hand);
-- **middleware**: the add-on, default settings (rotating exits, like the static URL's
-  untargeted username), so the middleware chooses the route of every request, classifies every
-  answer, and runs its manager (credential polls, stats copies) beside the crawl.
+- **middleware**: the add-on with its default settings (rotating exits, like the static URL's
+  untargeted username), so the middleware routes every request, classifies every answer and
+  runs its manager (credential polls, stats copies) beside the crawl.
 
-Each crawl runs in a fresh subprocess (a clean reactor, nothing cached from the other side);
-the two alternate in order for several rounds, so that the shared machine's noise falls on
-both.  Per crawl: pages/s over the crawl after its first tenth (connections up, one-time
-start-up work done on both sides) to the last page parsed, and CPU seconds of the crawling
-process over the same window (``resource.getrusage``), per page.  The headline figures compare
-each side's best round (other work on a shared machine only ever slows a crawl and adds to its
-CPU time): **pages/s ratio** (middleware / static, goal >= 0.98) and **CPU per page ratio**
-(middleware / static, goal <= 1.03); the medians of the per-round ratios are printed too.
+Per crawl: pages/s, and CPU seconds of the crawling process (``resource.getrusage``) per page,
+both over a measuring window that leaves out the start (imports, connections, the manager's
+first API calls and ASN prefetch: one-time costs, not per page).  Two schedules:
 
-The sandbox (gateway and shop) runs in this process, in its own thread; the crawlers do not
-share a process with it.  :func:`run` is what the benchmark suite calls.
+- ``paired`` (the default): each round starts both crawls *at the same time* and measures
+  both over the same wall-clock window, then stops them.  Whatever else runs on the machine
+  falls on both sides at once, so their ratio holds on a busy shared machine, where two crawls
+  minutes apart can differ by a factor of two.
+- ``alternating``: one crawl after the other, order alternating per round, ``pages`` pages
+  each (the window starts after the first tenth); good on a quiet machine.
+
+The figures are the medians of the per-round ratios: **pages/s ratio** (middleware / static,
+goal >= 0.98) and **CPU per page ratio** (middleware / static, goal <= 1.03), with each side's
+median pages/s and CPU ms per page and the machine's load average beside them.  The sandbox
+(gateway and shop) runs in this process, in its own thread; the crawlers never share a process
+with it.  :func:`run` is what the benchmark suite calls.
 """
 
 from __future__ import annotations
@@ -41,34 +47,63 @@ __all__ = ["run"]
 _ME = "proxaro_scrape.bench.scrapy"
 GOAL_PAGES_PER_S = 0.98
 GOAL_CPU_PER_PAGE = 1.03
+#: Paired rounds: seconds from the launch of both crawlers to the start of the window (their
+#: imports and first connections happen before it), and the window's length.
+_PAIRED_LEAD = 6.0
+_PAIRED_WINDOW = (3.0, 10.0)  # quick, full
 
 
 # ---------------------------------------------------------------------------- the child
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _child(config: dict[str, Any]) -> None:
-    """One crawl in this process; prints one JSON line with its figures."""
+    """One crawl in this process; prints one JSON line with its figures.
+
+    With ``window`` ``[start, end]`` (epoch seconds) the crawl requests pages until the window
+    is over and measures the pages answered inside it; otherwise it crawls ``pages`` pages and
+    measures from the first tenth to the last.
+    """
     import scrapy
     from scrapy.crawler import AsyncCrawlerProcess
 
-    pages: int = config["pages"]
     products: int = config["products"]
     site: str = config["site_url"]
     proxy: str | None = config.get("proxy_url")
-    # The window starts after the first tenth of the pages: connections are up and one-time
-    # start-up work (the manager's first API calls, its ASN prefetch) is over on both sides.
+    window: list[float] | None = config.get("window")
+    pages: int = config.get("pages") or 10**7
     warmup = max(1, pages // 10)
     figures: dict[str, Any] = {"pages": 0, "errors": 0}
 
-    def cpu() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
+    def done() -> None:
+        figures["pages"] += 1
+        if figures["pages"] == 1:
+            figures["first_page_at"] = time.time()
+        if window is None:
+            if figures["pages"] == warmup:
+                figures["first"] = (time.perf_counter(), _cpu(), figures["pages"])
+            elif figures["pages"] == pages:
+                figures["last"] = (time.perf_counter(), _cpu(), figures["pages"])
+            return
+        now = time.time()
+        if now < window[0]:
+            return
+        if now <= window[1]:
+            mark = (time.perf_counter(), _cpu(), figures["pages"])
+            figures.setdefault("first", mark)
+            figures["last"] = mark
 
     class BenchSpider(scrapy.Spider):
         name = "bench"
 
         async def start(self) -> Any:
             for i in range(pages):
+                if window is not None and time.time() > window[1]:
+                    return  # the window is over: finish what is in flight, and stop
                 meta = {"proxy": proxy} if proxy else {}
                 yield scrapy.Request(
                     f"{site}/product/{i % products + 1}?i={i}",
@@ -83,18 +118,11 @@ def _child(config: dict[str, Any]) -> None:
                 "price": response.css("span.price::text").get(),
                 "exit": response.headers.get("X-Proxaro-Exit-IP"),
             }
-            self._done()
+            done()
 
         def failed(self, failure: Any) -> None:
             figures["errors"] += 1
-            self._done()
-
-        def _done(self) -> None:
-            figures["pages"] += 1
-            if figures["pages"] == warmup:
-                figures["t0"], figures["cpu0"] = time.perf_counter(), cpu()
-            elif figures["pages"] == pages:
-                figures["t1"], figures["cpu1"] = time.perf_counter(), cpu()
+            done()
 
     settings: dict[str, Any] = {
         "LOG_LEVEL": "WARNING",
@@ -111,7 +139,7 @@ def _child(config: dict[str, Any]) -> None:
         settings["ADDONS"] = {"proxaro_scrape.integrations.scrapy.ProxaroAddon": 0}
         settings["PROXARO_API_KEY"] = config["api_key"]
         settings["PROXARO_BASE_URL"] = config["api_url"]
-    process = AsyncCrawlerProcess(settings, install_root_handler=True)
+    process = AsyncCrawlerProcess(settings)
     process.crawl(BenchSpider)
     profiler: Any = None
     if config.get("profile"):
@@ -124,17 +152,19 @@ def _child(config: dict[str, Any]) -> None:
         profiler.stop()
         with open(config["profile"], "w", encoding="utf-8") as fh:
             fh.write(profiler.output_html())
-    seconds = figures.get("t1", time.perf_counter()) - figures.get("t0", 0.0)
-    cpu_s = figures.get("cpu1", cpu()) - figures.get("cpu0", 0.0)
+    first: tuple[float, float, int] | None = figures.get("first")
+    last: tuple[float, float, int] | None = figures.get("last")
+    measured = (last[2] - first[2]) if first is not None and last is not None else 0
     print(
         json.dumps(
             {
                 "mode": config["mode"],
                 "pages": figures["pages"],
-                "measured_pages": pages - warmup,
+                "measured_pages": measured,
                 "errors": figures["errors"],
-                "seconds": seconds,
-                "cpu_seconds": cpu_s,
+                "seconds": (last[0] - first[0]) if first and last and measured else None,
+                "cpu_seconds": (last[1] - first[1]) if first and last and measured else None,
+                "first_page_at": figures.get("first_page_at"),
             }
         ),
         flush=True,
@@ -144,53 +174,74 @@ def _child(config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- the parent
 
 
-def _crawl(config: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run(  # noqa: S603 - our own module, with our own arguments
-        # The config (with the API key and a proxy URL with the password) goes in by stdin, not
-        # on the command line, where any user of the machine could read it.
+def _launch(config: dict[str, Any]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(  # noqa: S603 - our own module, with our own arguments
+        # The config (the API key, a proxy URL with the password) goes in by stdin, not on the
+        # command line, where any user of the machine could read it.
         [sys.executable, "-m", _ME, "--child", "-"],
-        input=json.dumps(config),
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(config))
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not touch it again
+    return proc
+
+
+def _result(proc: subprocess.Popen[str], mode: str, timeout: float = 600) -> dict[str, Any]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"the {config['mode']} crawl failed (exit {proc.returncode}): {proc.stderr[-2000:]}"
-        )
+        raise RuntimeError(f"the {mode} crawl failed (exit {proc.returncode}): {err[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
+    if not result["measured_pages"]:
+        raise RuntimeError(f"the {mode} crawl answered no page inside its window: {err[-2000:]}")
     return result
+
+
+def _crawl(config: dict[str, Any]) -> dict[str, Any]:
+    return _result(_launch(config), config["mode"])
 
 
 def run(
     quick: bool = False,
     *,
-    pages: int | None = None,
+    schedule: str = "paired",
     rounds: int | None = None,
+    pages: int | None = None,
+    seconds: float | None = None,
     concurrency: int = 16,
     profile: str | None = None,
 ) -> dict[str, Any]:
     """Crawl the sandbox shop with a fixed ``meta["proxy"]`` and with the middleware; compare.
 
-    ``quick`` keeps it to a few seconds (the figures are produced, whatever their value); the
-    full run takes two to three minutes.  ``profile`` writes a pyinstrument HTML profile of one
-    extra middleware crawl to that path.
+    ``schedule`` is ``"paired"`` (both crawls at once, ``seconds`` measured each round) or
+    ``"alternating"`` (one after the other, ``pages`` pages each).  ``quick`` keeps it to a
+    few seconds (the figures are produced, whatever their value); the full run takes about a
+    minute and a half.  ``profile`` writes a pyinstrument HTML profile of one extra middleware
+    crawl to that path.
 
-    Returns ``{"figure", "pages_per_s_ratio", "cpu_per_page_ratio", "goals", "met", ...}`` with
-    each side's median pages/s and CPU milliseconds per page.
+    Returns ``{"figure", "pages_per_s_ratio", "cpu_per_page_ratio", "goals", "met", ...}``
+    with each side's median pages/s and CPU milliseconds per page, and every round.
     """
     from proxaro_scrape.sandbox import Sandbox
 
+    if schedule not in ("paired", "alternating"):
+        raise ValueError("schedule is 'paired' or 'alternating'")
     load_before = _load()
-    pages = pages or (300 if quick else 1500)
     rounds = rounds or (2 if quick else 6)
+    pages = pages or (300 if quick else 1500)
+    seconds = seconds or _PAIRED_WINDOW[0 if quick else 1]
     with Sandbox(seed=0) as sb:
-        products = len(_catalogue_ids(sb.site_url))
         base: dict[str, Any] = {
-            "pages": pages,
-            "products": products,
+            "products": len(_catalogue_ids(sb.site_url)),
             "site_url": sb.site_url,
             "concurrency": concurrency,
             "api_key": sb.api_key,
@@ -198,49 +249,57 @@ def run(
         }
         static: dict[str, Any] = {**base, "mode": "static", "proxy_url": sb.proxy_url()}
         middleware: dict[str, Any] = {**base, "mode": "middleware"}
-        # Warm the sandbox (its upstream keep-alive pool, the shop's pages) before measuring.
-        _crawl({**static, "pages": min(pages, 200)})
+        # Warm the sandbox (its upstream keep-alive pool, the shop's pages) before measuring,
+        # and learn how long a crawler takes to answer its first page on this machine now.
+        launched = time.time()
+        warm = _crawl({**middleware, "pages": 60 if quick else 200})
+        lead = max(_PAIRED_LEAD, 2.0 * (warm["first_page_at"] - launched) + 2.0)
         runs: dict[str, list[dict[str, Any]]] = {"static": [], "middleware": []}
         for r in range(rounds):
             order = (static, middleware) if r % 2 == 0 else (middleware, static)
-            for config in order:
-                runs[config["mode"]].append(_crawl(config))
+            if schedule == "paired":
+                for attempt in range(2):
+                    start = time.time() + lead * (attempt + 1)
+                    window = [start, start + seconds]
+                    procs = [(c["mode"], _launch({**c, "window": window})) for c in order]
+                    try:
+                        pair = {mode: _result(proc, mode) for mode, proc in procs}
+                    except RuntimeError:
+                        if attempt:
+                            raise
+                        continue  # a crawler started too late for the window: once more
+                    for mode, figures in pair.items():
+                        runs[mode].append(figures)
+                    break
+            else:
+                for config in order:
+                    runs[config["mode"]].append(_crawl({**config, "pages": pages}))
         if profile:
-            _crawl({**middleware, "profile": profile})
+            _crawl({**middleware, "pages": pages, "profile": profile})
     pps = {m: [x["measured_pages"] / x["seconds"] for x in rs] for m, rs in runs.items()}
     cpp = {m: [x["cpu_seconds"] / x["measured_pages"] for x in rs] for m, rs in runs.items()}
-    # Best of the rounds per side: on a shared machine other work only ever slows a crawl down
-    # and adds to its CPU time (caches, frequency), so the best round is the least disturbed.
-    best_pps = {m: max(v) for m, v in pps.items()}
-    best_cpp = {m: min(v) for m, v in cpp.items()}
-    pps_ratio = best_pps["middleware"] / best_pps["static"]
-    cpu_ratio = best_cpp["middleware"] / best_cpp["static"]
-    errors = {m: sum(x["errors"] for x in rs) for m, rs in runs.items()}
+    pps_ratios = [mw / st for mw, st in zip(pps["middleware"], pps["static"])]
+    cpu_ratios = [mw / st for mw, st in zip(cpp["middleware"], cpp["static"])]
+    pps_ratio = statistics.median(pps_ratios)
+    cpu_ratio = statistics.median(cpu_ratios)
     return {
         "figure": "Scrapy through the gateway: Proxaro middleware vs a fixed meta['proxy']",
-        "pages": pages,
+        "schedule": schedule,
         "rounds": rounds,
+        "pages": sum(x["measured_pages"] for rs in runs.values() for x in rs),
         "concurrency": concurrency,
-        "static_pages_per_s": round(best_pps["static"], 1),
-        "middleware_pages_per_s": round(best_pps["middleware"], 1),
+        "static_pages_per_s": round(statistics.median(pps["static"]), 1),
+        "middleware_pages_per_s": round(statistics.median(pps["middleware"]), 1),
         "pages_per_s_ratio": round(pps_ratio, 3),
-        "static_cpu_ms_per_page": round(best_cpp["static"] * 1000, 3),
-        "middleware_cpu_ms_per_page": round(best_cpp["middleware"] * 1000, 3),
+        "static_cpu_ms_per_page": round(statistics.median(cpp["static"]) * 1000, 3),
+        "middleware_cpu_ms_per_page": round(statistics.median(cpp["middleware"]) * 1000, 3),
         "cpu_per_page_ratio": round(cpu_ratio, 3),
-        "median_of_round_ratios": {
-            "pages_per_s": round(
-                statistics.median(mw / st for mw, st in zip(pps["middleware"], pps["static"])), 3
-            ),
-            "cpu_per_page": round(
-                statistics.median(mw / st for mw, st in zip(cpp["middleware"], cpp["static"])), 3
-            ),
-        },
         "goals": {
             "pages_per_s_ratio": f">= {GOAL_PAGES_PER_S}",
             "cpu_per_page_ratio": f"<= {GOAL_CPU_PER_PAGE}",
         },
         "met": pps_ratio >= GOAL_PAGES_PER_S and cpu_ratio <= GOAL_CPU_PER_PAGE,
-        "errors": errors,
+        "errors": {m: sum(x["errors"] for x in rs) for m, rs in runs.items()},
         "per_round": [
             {
                 "static_pages_per_s": round(st, 1),
@@ -277,8 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds (CI smoke)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--pages", type=int, default=None)
+    parser.add_argument("--schedule", choices=("paired", "alternating"), default="paired")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--pages", type=int, default=None, help="per crawl (alternating)")
+    parser.add_argument("--seconds", type=float, default=None, help="per window (paired)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", help="write a pyinstrument profile of a middleware crawl")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -288,15 +349,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     result = run(
         args.quick,
-        pages=args.pages,
+        schedule=args.schedule,
         rounds=args.rounds,
+        pages=args.pages,
+        seconds=args.seconds,
         concurrency=args.concurrency,
         profile=args.profile,
     )
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(result["figure"])
+    print(f"{result['figure']} ({result['schedule']} rounds)")
     print(
         f"  pages/s      static {result['static_pages_per_s']:>8}   "
         f"middleware {result['middleware_pages_per_s']:>8}   "
@@ -307,14 +370,12 @@ def main(argv: list[str] | None = None) -> None:
         f"middleware {result['middleware_cpu_ms_per_page']:>8}   "
         f"ratio {result['cpu_per_page_ratio']:.3f} (goal {result['goals']['cpu_per_page_ratio']})"
     )
-    med = result["median_of_round_ratios"]
-    print(
-        f"  {result['pages']} pages x {result['rounds']} rounds, best round per side; "
-        f"median of round ratios: pages/s {med['pages_per_s']:.3f}, CPU/page "
-        f"{med['cpu_per_page']:.3f}; errors {result['errors']}"
-    )
     load = result["load_average"]
-    print(f"  load average {load['before']} → {load['after']} on {load['cpus']} CPUs")
+    print(
+        f"  {result['rounds']} rounds, {result['pages']} pages measured, medians of the round "
+        f"ratios; errors {result['errors']}; load average {load['before']} → {load['after']} "
+        f"on {load['cpus']} CPUs"
+    )
 
 
 if __name__ == "__main__":
