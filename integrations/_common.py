@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
+from proxaro_scrape import protocol
 from proxaro_scrape.errors import ProxaroError, RequestNotReplayableError, TargetError
 from proxaro_scrape.gateway import Outcome, Target
 
@@ -24,7 +25,9 @@ __all__ = [
     "cert_failure",
     "check_spec",
     "final_error",
+    "GATEWAY_HEADERS",
     "gateway_pairs",
+    "lookup_gateway_pairs",
     "not_replayable",
 ]
 
@@ -87,6 +90,22 @@ def gateway_pairs(raw: Iterable[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
             head = name[:10].lower()
             if head == _PREFIX or head == _SPREFIX:
                 out.append(pair)
+    return out
+
+
+#: Every header the gateway adds of its own (the only ones the manager's classifier reads).
+GATEWAY_HEADERS: tuple[str, ...] = (protocol.HEADER_ERROR, *protocol.EXIT_HEADERS)
+
+
+def lookup_gateway_pairs(headers: Any) -> list[tuple[str, str]]:
+    """:func:`gateway_pairs` by lookup, for header maps whose ``get`` is cheap (a dict, or
+    aiohttp's C multidict): six lookups instead of a walk over every header."""
+    get = headers.get
+    out = []
+    for name in GATEWAY_HEADERS:
+        value = get(name)
+        if value is not None:
+            out.append((name, value))
     return out
 
 

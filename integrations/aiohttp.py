@@ -83,6 +83,7 @@ from ._common import (
     check_spec,
     final_error,
     gateway_pairs,
+    lookup_gateway_pairs,
     not_replayable,
 )
 
@@ -256,7 +257,7 @@ class ProxaroMiddleware:
         if tunnel:
             # Every header inside a tunnel is the target's, which could pose as the gateway.
             return rr.observe(status=status, headers=())
-        return rr.observe(status=status, headers=gateway_pairs(response.raw_headers))
+        return rr.observe(status=status, headers=lookup_gateway_pairs(response.headers))
 
 
 async def _discard(response: ClientResponse, *, reuse: bool) -> None:

@@ -81,6 +81,7 @@ from ._common import (
     check_spec,
     final_error,
     gateway_pairs,
+    lookup_gateway_pairs,
     not_replayable,
 )
 
@@ -305,7 +306,7 @@ class ProxaroAdapter(HTTPAdapter):
         if tunnel:
             # Every header inside a tunnel is the target's, which could pose as the gateway.
             return rr.observe(status=status, headers=())
-        return rr.observe(status=status, headers=gateway_pairs(response.headers.items()))
+        return rr.observe(status=status, headers=lookup_gateway_pairs(response.headers))
 
     def close(self) -> None:
         """Close every pool (the manager stays as it is)."""
