@@ -85,7 +85,7 @@ def test_figures_are_judged_from_the_module_results() -> None:
         return suite._evaluate(by_id[fig_id], {"ok": True, "result": result})
 
     row = judge("gateway.requests_per_s_ratio", {"ratio": 1.2, "gateway_rps": 6, "proxy_py_rps": 5})
-    assert (row["measured"], row["met"]) == (1.2, True) and "6 vs 5" in row["context"]
+    assert (row["measured"], row["met"]) == (1.2, True) and "medians 6 vs 5" in row["context"]
     assert judge("gateway.requests_per_s_ratio", {"ratio": 0.9})["met"] is False
     # A missing key or a non-number is "not produced", never a crash or a pass.
     assert "gave no" in judge("gateway.requests_per_s_ratio", {})["error"]

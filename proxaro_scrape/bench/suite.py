@@ -123,7 +123,7 @@ def _stack_context(
 ) -> Callable[[dict[str, Any]], str]:
     def context(r: dict[str, Any]) -> str:
         f = r["stacks"][stack]
-        return f"{f[ours]} vs {f[static]} {unit}"
+        return f"medians {f[ours]} vs {f[static]} {unit}"
 
     return context
 
@@ -141,7 +141,7 @@ def _stack_figures() -> list[Figure]:
             "×",
             lambda r: r["pages_per_s_ratio"],
             _at_least(0.98),
-            lambda r: f"{r['middleware_pages_per_s']} vs {r['static_pages_per_s']} pages/s",
+            lambda r: f"medians {r['middleware_pages_per_s']} vs {r['static_pages_per_s']} pages/s",
         )
     )
     labels = {
@@ -174,7 +174,10 @@ def _stack_figures() -> list[Figure]:
             "×",
             lambda r: r["cpu_per_page_ratio"],
             _at_most(1.03),
-            lambda r: f"{r['middleware_cpu_ms_per_page']} vs {r['static_cpu_ms_per_page']} ms/page",
+            lambda r: (
+                f"medians {r['middleware_cpu_ms_per_page']} vs "
+                f"{r['static_cpu_ms_per_page']} ms/page"
+            ),
         )
     )
     for stack, label in labels.items():
@@ -347,7 +350,7 @@ FIGURES: tuple[Figure, ...] = (
         "×",
         lambda r: r["ratio"],
         _at_least(1.0),
-        lambda r: f"{r['gateway_rps']} vs {r['proxy_py_rps']} req/s",
+        lambda r: f"medians {r['gateway_rps']} vs {r['proxy_py_rps']} req/s",
     ),
 )
 
@@ -378,6 +381,10 @@ def _run_group(group: Group, quick: bool, log: Callable[[str], None]) -> dict[st
             except BaseException:
                 _stop_tree(proc)  # Ctrl+C: leave nothing running behind us
                 raise
+            else:
+                # A module that died (or forgot a crawler) may leave processes in its group,
+                # which would load the machine under the next module's measurements.
+                _stop_stragglers(proc.pid)
             output.seek(0)
             text = output.read()
         seconds = round(time.monotonic() - t0, 1)
@@ -392,6 +399,11 @@ def _run_group(group: Group, quick: bool, log: Callable[[str], None]) -> dict[st
     return {"ok": False, "seconds": seconds, "error": error, "output_tail": text[-3000:]}
 
 
+def _stop_stragglers(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _stop_tree(proc: subprocess.Popen[Any]) -> None:
     for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 10)):
         try:
@@ -401,8 +413,7 @@ def _stop_tree(proc: subprocess.Popen[Any]) -> None:
         try:
             proc.wait(timeout=wait)
             # The leader is gone; its group may not be: finish the stragglers.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _stop_stragglers(proc.pid)
             return
         except subprocess.TimeoutExpired:
             continue
