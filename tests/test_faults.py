@@ -313,8 +313,11 @@ async def test_exits_dropping_connections(
         stack, sb, record_property, "exit_drops", script, allowed=(AttemptsExhaustedError,)
     )
     assert stats["outcomes/exit_failure"] >= 1
-    # 0.25 ** 5: a request spends its whole budget about once in a thousand.
-    assert sum(tally.failures.values()) <= 2, tally.figures()
+    # 0.25 ** 5: a request spends its whole budget about once in a thousand; allow four times
+    # what chance gives (and 3 more), which a systematic failure (a shared breaker opened by
+    # guesswork, say) exceeds by far.
+    expected = tally.sent * 0.25**5
+    assert sum(tally.failures.values()) <= 3 + 4 * expected, tally.figures()
 
 
 @pytest.mark.parametrize("stack", STACKS)
