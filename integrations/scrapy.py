@@ -92,12 +92,19 @@ Stats (``crawler.stats``, prefix ``proxaro/``): the gateway manager's counters, 
 ``PROXARO_STATS_INTERVAL`` and at close — ``proxaro/requests`` (attempts routed),
 ``proxaro/requests/country/<code>``, ``proxaro/requests/exit_class/<class>``,
 ``proxaro/retries`` (attempts beyond the first), ``proxaro/bans``, ``proxaro/failovers``,
-``proxaro/credential_refreshes``, ``proxaro/rotations``, ``proxaro/exits_used`` (distinct exit
-IPs), ``proxaro/outcomes/<kind>``, ``proxaro/sessions_rotated`` ... — plus the middleware's own:
+``proxaro/credential_refreshes`` (credential fetches, the first included),
+``proxaro/rotations``, ``proxaro/exits_used`` (distinct exit IPs), ``proxaro/outcomes/<kind>``,
+``proxaro/sessions_rotated`` ... — plus the middleware's own:
 ``proxaro/retry/count`` and ``proxaro/retry/reason_count/<kind>`` (retry requests it made),
 ``proxaro/gave_up``, ``proxaro/direct`` (``meta["proxaro"] = False``),
 ``proxaro/errors/<ErrorClass>`` and ``proxaro/usage_cap_refused``.  An INFO line sums them up at
 spider close.  No stat and no log line ever holds the API key or the gateway password.
+
+The gateway manager starts when the spider opens (on the reactor's asyncio loop) and stops
+when it closes.  The spider closes early, with these reasons, when: the API cannot give the
+credentials or the pool view at start (``proxaro_start_failed``, the error logged); the
+spider's ``proxaro_target`` is invalid or not in the pool (``proxaro_config``); usage reaches
+the cap with ``PROXARO_USAGE_CAP_ACTION = "stop"`` (``proxaro_usage_cap``).
 """
 
 from __future__ import annotations
