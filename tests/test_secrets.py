@@ -47,6 +47,19 @@ pytestmark = pytest.mark.timeout(90)
 WEBHOOK_SECRET = "whsec_test_" + "5ec7e7" * 5 + "ab"
 
 
+def debug_everywhere(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture DEBUG from every logger, ours included even if something in this process set
+    the package's level higher (the benchmarks do, when run in-process)."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("proxaro_scrape", "scrapy", "httpx", "httpcore", "aiohttp", "urllib3"):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+
+def ours(caplog: pytest.LogCaptureFixture) -> int:
+    """Log records of proxaro_scrape's own loggers."""
+    return sum(1 for r in caplog.records if r.name.startswith("proxaro_scrape"))
+
+
 def forms(secret: str) -> set[str]:
     """A secret and the shapes it could leak in: as is, percent-encoded, base64-encoded."""
     out = {secret, quote(secret, safe=""), base64.b64encode(secret.encode()).decode()}
@@ -150,7 +163,7 @@ async def test_no_secret_anywhere_on_the_client_stacks(
     stack: str, sandbox: Sandbox, caplog: pytest.LogCaptureFixture, record_property: Any
 ) -> None:
     sb = sandbox
-    caplog.set_level(logging.DEBUG)
+    debug_everywhere(caplog)
     secrets = {"api_key": sb.api_key, "webhook_secret": WEBHOOK_SECRET}
     passwords = [sb.world.credentials.password]
     errors: list[BaseException] = []
@@ -263,7 +276,7 @@ async def test_no_secret_anywhere_on_the_client_stacks(
     assert {"AttemptsExhaustedError", "GatewayAuthError", "ServiceUnavailableError"} <= set(kinds)
     assert stats.get("bans", 0) >= 1 and stats["rotations"] >= 1
     assert receiver.stats()["invalid_signature"] == 1 and receiver.stats()["accepted"] == 1
-    assert len(caplog.records) > 20
+    assert ours(caplog) >= 5  # the manager's own lines were searched too
 
 
 @pytest_twisted.ensureDeferred
@@ -271,7 +284,7 @@ async def test_no_secret_anywhere_in_a_scrapy_crawl(
     sandbox: Sandbox, caplog: pytest.LogCaptureFixture, record_property: Any
 ) -> None:
     sb = sandbox
-    caplog.set_level(logging.DEBUG)
+    debug_everywhere(caplog)
     sb.control("grace", seconds=0.2)
     sb.control("site", budget=6, ban_window=60, ban_seconds=60)
     passwords = [sb.world.credentials.password]
@@ -323,7 +336,8 @@ async def test_no_secret_anywhere_in_a_scrapy_crawl(
     assert not at_target, at_target
     assert stats.get("proxaro/bans", 0) >= 1 and stats["proxaro/rotations"] >= 1
     assert "ProxaroGaveUp" in kinds
-    assert len(caplog.records) > 50
+    assert ours(caplog) >= 10  # the middleware's and the manager's own lines, retries included
+    assert any("Retrying" in r.getMessage() for r in caplog.records)
 
 
 async def scrapy_headers(
