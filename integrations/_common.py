@@ -7,7 +7,6 @@ and how its answer is read.  The pieces here are the ones that do not depend on 
 
 from __future__ import annotations
 
-import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -16,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from proxaro_scrape import protocol
 from proxaro_scrape.errors import ProxaroError, RequestNotReplayableError, TargetError
 from proxaro_scrape.gateway import Outcome, Target
+from proxaro_scrape.gateway.outcome import tls_failure
 
 __all__ = [
     "DRAIN_LIMIT",
@@ -140,19 +140,10 @@ def cert_failure(exc: BaseException) -> bool:
     """Is a TLS certificate check failure somewhere in ``exc``'s chain?
 
     Such a failure is the caller's trust store or the target's certificate, never the gateway's
-    or the exit's: it is raised at once instead of being retried through other exits.
+    or the exit's: it is raised at once instead of being retried through other exits.  The
+    core's classification decides it (kind ``tls_error``), so every stack agrees.
     """
-    seen: set[int] = set()
-    todo: list[Any] = [exc]
-    while todo:
-        e = todo.pop()
-        if not isinstance(e, BaseException) or id(e) in seen or len(seen) > 32:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return True
-        todo.extend((e.__cause__, e.__context__, getattr(e, "reason", None), *e.args))
-    return False
+    return tls_failure(exc) is not None
 
 
 class _Entry(Generic[V]):

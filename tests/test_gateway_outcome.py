@@ -180,3 +180,29 @@ def test_exceptions(exc: BaseException, kind: str, retry: bool, refresh: bool) -
 def test_classify_needs_something() -> None:
     with pytest.raises(ValueError):
         classify()
+
+
+def test_a_target_certificate_failure_is_never_retried() -> None:
+    import ssl
+
+    from proxaro_scrape.errors import ConfigurationError
+    from proxaro_scrape.gateway.outcome import classify
+
+    inner = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] self-signed")
+    try:
+        try:
+            raise inner
+        except ssl.SSLError as exc:
+            raise ConnectionError("tunnel failed") from exc
+    except ConnectionError as outer:
+        out = classify(exception=outer)
+    assert out.kind == "tls_error" and not out.retry and not out.refresh
+    assert isinstance(out.error, ConfigurationError) and out.error.param == "verify"
+    assert out.error.__cause__ is inner
+
+
+def test_a_certificate_failure_named_only_in_a_message_is_recognised() -> None:
+    from proxaro_scrape.gateway.outcome import classify
+
+    out = classify(exception=OSError("SSL: CERTIFICATE_VERIFY_FAILED certificate verify failed"))
+    assert out.kind == "tls_error" and not out.retry

@@ -227,3 +227,19 @@ def test_a_missing_framework_names_the_extra(
     with pytest.raises(ImportError) as info:
         importlib.import_module(name)
     assert f'pip install "proxaro-scrape[{extra}]"' in str(info.value)
+
+
+def test_an_untrusted_target_certificate_fails_once(sandbox) -> None:
+    # Every exit presents the same certificate: retrying through new sessions cannot help, so
+    # the client's own TLS error is raised after one tunnel.
+    from proxaro_scrape.integrations.httpx import ProxaroTransport
+
+    from proxaro_scrape import GatewayManager
+
+    before = sandbox.world.counters["gateway.tunnels"]
+    with GatewayManager(sandbox.api_key, sandbox.api_url) as mgr:
+        with httpx.Client(transport=ProxaroTransport(mgr)) as client:  # system CAs only
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                client.get(f"{sandbox.site_https_url}/ip")
+        assert mgr.stats().get("outcomes/connection_error", 0) == 0
+    assert sandbox.world.counters["gateway.tunnels"] - before == 1

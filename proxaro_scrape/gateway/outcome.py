@@ -19,6 +19,7 @@ what came back                             kind                  retry   refresh
 502 ``no_exit``                            region_dead           yes (failover)
 502 ``exit_failed``                        exit_failure          yes (new session)
 504 ``target_timeout`` / timeout error     timeout               yes (new session)
+target's TLS certificate not verified      tls_error             never
 other connection errors                    connection_error      yes (new session)
 403/429 from the target, or ``is_ban``     ban                   yes (new session)
 anything else from the target              success
@@ -31,6 +32,7 @@ site's answer through the exit, and so a ban keyed on the exit IP the headers na
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,7 @@ from typing import Any
 from proxaro_scrape import protocol
 from proxaro_scrape.errors import (
     BadTargetingError,
+    ConfigurationError,
     GatewayError,
     ProxaroError,
     ScopeRequiredError,
@@ -58,6 +61,7 @@ KINDS: tuple[str, ...] = (
     "timeout",
     "ban",
     "connection_error",
+    "tls_error",
 )
 #: Kinds after which sending again (with a new session) may help.
 RETRYABLE_KINDS = frozenset(
@@ -247,7 +251,50 @@ def _status_of(exc: BaseException) -> int | None:
     return None
 
 
+def tls_failure(exc: BaseException) -> BaseException | None:
+    """The certificate-verification failure in ``exc``'s chain, if any.
+
+    Every exit would present the same certificate, so sending again cannot help: the caller's
+    trust store lacks the CA (or the site's certificate is bad).
+    """
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        cur = stack.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(
+            cur, ssl.SSLCertVerificationError
+        ) or "CERTIFICATE_VERIFY_FAILED" in _safe_str(cur):
+            return cur
+        stack.extend(
+            e
+            for e in (cur.__cause__, cur.__context__, getattr(cur, "reason", None))
+            if isinstance(e, BaseException)
+        )
+        stack.extend(a for a in getattr(cur, "args", ()) if isinstance(a, BaseException))
+    return None
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break classification
+        return ""
+
+
 def _classify_exception(exc: BaseException) -> Outcome:
+    tls = tls_failure(exc)
+    if tls is not None:
+        error = ConfigurationError(
+            "the target's TLS certificate could not be verified through the gateway "
+            f"({type(tls).__name__}); pass the CA bundle that signs it (verify=...) — "
+            "retrying through other exits cannot help",
+            param="verify",
+        )
+        error.__cause__ = tls
+        return Outcome("tls_error", error=error)
     names = [cls.__name__.lower() for cls in type(exc).__mro__]
     proxy = any("proxy" in n or "tunnel" in n for n in names)
     if proxy:
