@@ -39,7 +39,15 @@ from proxaro_scrape import (
     parse_event,
 )
 from proxaro_scrape.sandbox import Sandbox
-from tests._scrapy_traffic import Sustained, control, crawl_under, manager_of, settings_for, sleep
+from tests._scrapy_traffic import (
+    Sustained,
+    control,
+    crawl_under,
+    manager_of,
+    settings_for,
+    sleep,
+    wait_until,
+)
 from tests._stack_drivers import DRIVERS, Driver
 
 pytestmark = pytest.mark.timeout(90)
@@ -294,13 +302,15 @@ async def test_no_secret_anywhere_in_a_scrapy_crawl(
     async def script(spider: Sustained) -> None:
         await sleep(0.3)
         passwords.append((await control(sb, "rotate"))["password"])
-        await sleep(0.3)
         assert spider.crawler is not None
         mgr = manager_of(spider.crawler)
+        # Until the 407s after the grace have brought the new password in (a loaded machine
+        # may take a while), then until exits failing every attempt have spent a budget.
+        await wait_until(lambda: mgr.stats().get("rotations", 0) >= 1, 10.0)
         objects.update(manager=mgr, credentials=mgr.credentials)
         objects["route"] = mgr.request(f"{sb.site_url}/ip").next_route()
-        await control(sb, "gateway", exit_drop_rate=1.0)  # budgets spent: errbacks
-        await sleep(0.3)
+        await control(sb, "gateway", exit_drop_rate=1.0)
+        await wait_until(lambda: sum(spider.failures.values()) >= 2, 10.0)
         await control(sb, "gateway", exit_drop_rate=0.0)
         await sleep(0.2)
 
