@@ -24,6 +24,7 @@ from proxaro_scrape import (
     TargetError,
     UsageCapError,
 )
+from proxaro_scrape.errors import GatewayAuthError
 from proxaro_scrape.gateway import HEALTHY_ASN, Route
 from proxaro_scrape.sandbox import Sandbox
 
@@ -359,6 +360,23 @@ def test_a_407_storm_from_threads_makes_exactly_one_credentials_call(sandbox: Sa
         after = counters(sandbox)
     assert attempts.count(2) >= 45
     assert after[CREDENTIALS_CALLS] - before.get(CREDENTIALS_CALLS, 0) == 1
+
+
+async def test_expired_credentials_do_not_turn_407s_into_an_api_storm(sandbox: Sandbox) -> None:
+    # The API keeps answering with the credentials already held (they expired): every request
+    # fails explicitly, and the 407s cost a couple of credentials calls, not one each.
+    async with manager(sandbox) as mgr:
+        await sandbox.acontrol("expire_credentials")
+        before = counters(sandbox)
+        sender = ASender()
+        url = f"{sandbox.site_url}/ip"
+        results = await asyncio.gather(
+            *(afetch(mgr, sender, url) for _ in range(60)), return_exceptions=True
+        )
+        await sender.aclose()
+        after = counters(sandbox)
+    assert all(isinstance(r, GatewayAuthError) for r in results), results[:3]
+    assert after[CREDENTIALS_CALLS] - before.get(CREDENTIALS_CALLS, 0) <= 3
 
 
 def test_refresh_is_a_no_op_when_newer_credentials_are_in(sandbox: Sandbox) -> None:

@@ -91,6 +91,9 @@ logger = logging.getLogger("proxaro_scrape.gateway")
 ENV_API_KEY = "PROXARO_API_KEY"
 #: A failed credentials refresh is not retried by 407 storms for this long (seconds).
 REFRESH_COOLDOWN = 1.0
+#: A refresh that brought back the credentials already held is not repeated by 407s for this
+#: long (seconds); shorter than any rotation grace, so a rotation right after it is still seen.
+UNCHANGED_COOLDOWN = 0.25
 #: Longest a sync caller waits for another caller's refresh (seconds).
 REFRESH_WAIT = 60.0
 #: ASN lists fetched per run of the background job.
@@ -228,6 +231,7 @@ class GatewayManager:
         self._sync_inflight: threading.Event | None = None
         self._async_inflight: dict[asyncio.AbstractEventLoop, asyncio.Future[bool]] = {}
         self._refresh_failed_at: float | None = None
+        self._unchanged_at: float | None = None
         self._cap_callbacks: list[Callable[[], Any]] = []
         self._cap_fired = False
         self._closed = False
@@ -390,8 +394,14 @@ class GatewayManager:
         return seen_version is not None and self.core.creds.version > seen_version
 
     def _cooling_down(self) -> bool:
+        now = self._clock()
         failed = self._refresh_failed_at
-        return failed is not None and self._clock() - failed < REFRESH_COOLDOWN
+        if failed is not None and now - failed < REFRESH_COOLDOWN:
+            return True
+        # The API just answered with the credentials we hold (expired ones, say): asking again
+        # at once cannot help, and a burst of 407s would otherwise become a burst of API calls.
+        same = self._unchanged_at
+        return same is not None and now - same < UNCHANGED_COOLDOWN
 
     def _refresh_sync(self, seen_version: int | None, *, background: bool = False) -> bool:
         with self._refresh_lock:
@@ -450,6 +460,7 @@ class GatewayManager:
     def _credentials_fetched(self, model: Any) -> bool:
         self._refresh_failed_at = None
         changed = self.core.install_credentials(model)
+        self._unchanged_at = None if changed else self._clock()
         creds = self.core.creds.current
         if changed and creds is not None and creds.version > 1:
             logger.info("new gateway credentials in use (version %d)", creds.version)
