@@ -1,1 +1,4 @@
-"""Benchmarks: ratios and counts measured side by side against the sandbox (``python -m proxaro_scrape.bench``)."""
+"""Benchmarks: ratios and counts measured side by side against the sandbox.
+
+Run them all with ``python -m proxaro_scrape.bench``.
+"""
