@@ -262,10 +262,17 @@ def run(quick: bool = False, *, concurrency: int = 64) -> dict[str, Any]:
     ``region_extra_attempts_per_request`` (the worst stack); per stack under ``rotation`` and
     ``region``.
     """
-    logging.getLogger("proxaro_scrape").setLevel(logging.ERROR)
-    # A loop of our own on a thread of our own: the caller may already run one.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        out = pool.submit(asyncio.run, _scenarios(quick, concurrency)).result()
+    # The failovers and 407s are the point here, not news: keep their warnings out of the
+    # output, and give the caller its level back.
+    package_logger = logging.getLogger("proxaro_scrape")
+    level = package_logger.level
+    package_logger.setLevel(logging.ERROR)
+    try:
+        # A loop of our own on a thread of our own: the caller may already run one.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            out = pool.submit(asyncio.run, _scenarios(quick, concurrency)).result()
+    finally:
+        package_logger.setLevel(level)
     rotation, region = out["rotation"], out["region"]
     extra = [r["extra_attempts_per_request"] for r in region.values()]
     return {

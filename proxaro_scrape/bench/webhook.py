@@ -201,13 +201,20 @@ def run(quick: bool = False, *, rotations: int | None = None, workers: int = 4) 
     """Rotate ``rotations`` times (quick: 2, full: 8) under light traffic; the latencies."""
     from proxaro_scrape.sandbox import Sandbox
 
-    logging.getLogger("proxaro_scrape").setLevel(logging.ERROR)
     rotations = rotations or (2 if quick else 8)
     spacing = 0.3 if quick else 0.5
-    with Sandbox(seed=0) as sb:
-        # A loop of our own on a thread of our own: the caller may already run one.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            result = pool.submit(asyncio.run, _measure(sb, rotations, workers, spacing)).result()
+    package_logger = logging.getLogger("proxaro_scrape")
+    level = package_logger.level
+    package_logger.setLevel(logging.ERROR)  # and the caller's level back afterwards
+    try:
+        with Sandbox(seed=0) as sb:
+            # A loop of our own on a thread of our own: the caller may already run one.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                result = pool.submit(
+                    asyncio.run, _measure(sb, rotations, workers, spacing)
+                ).result()
+    finally:
+        package_logger.setLevel(level)
     return {
         "figure": "credentials.rotated delivery → the new password in use (webhook, no poll)",
         "goal": "<= 1 s",
