@@ -14,7 +14,7 @@ client's alone:
 - **connections the gateway saw** (its ``gateway.connections`` counter) for N plain-HTTP
   requests through the integration with a new target each time (a new country/session pair per
   request, so a new gateway username), at 64 in flight (goal: no more than 64).  N is 10,000,
-  or 500 in quick mode.
+  or 300 in quick mode.
 
 Every request is a plain-HTTP GET of the demo shop's ``/robots.txt`` (exempt from its
 anti-bot budget).  :func:`run` prints one table and returns the figures as a dict.
@@ -352,7 +352,7 @@ def run(quick: bool = False, stacks: tuple[str, ...] = STACKS) -> dict[str, Any]
     ``quick``: fewer rounds and requests (a smoke test of the same code; the figures are
     produced, not meant to be compared with the goals).
     """
-    rounds, n, conn_n = (2, 150, 500) if quick else (8, 1000, 10_000)
+    rounds, n, conn_n = (2, 80, 300) if quick else (8, 1000, 10_000)
     out: dict[str, Any] = {
         "quick": quick,
         "concurrency": CONCURRENCY,

@@ -18,7 +18,7 @@ Three figures, printed (figures, not timed assertions):
    heap growth (``tracemalloc``) once the session table is full (``session_lru_size`` keys) and
    after a million distinct keys; the two are close when the bound holds.
 
-``--quick`` shrinks the counts (1,000 routed requests, 100,000 sticky keys) for a smoke run.
+``--quick`` shrinks the counts (1,000 routed requests, 30,000 sticky keys) for a smoke run.
 """
 
 from __future__ import annotations
@@ -223,13 +223,13 @@ def run(quick: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {"quick": quick}
     with Sandbox(seed=0) as sb:
         with GatewayManager(sb.api_key, sb.api_url) as mgr:
-            result.update(_decisions(mgr, f"{sb.site_url}/ip", 20_000 if quick else 100_000))
+            result.update(_decisions(mgr, f"{sb.site_url}/ip", 5_000 if quick else 100_000))
         n, concurrency = (1_000, 8) if quick else (10_000, 16)
         # A loop of its own in a thread of its own: the caller's thread may already run one
         # (Twisted's asyncio reactor under pytest, say).
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             result.update(pool.submit(asyncio.run, _steady_state(sb, n, concurrency)).result())
-    result.update(_memory(100_000 if quick else 1_000_000))
+    result.update(_memory(30_000 if quick else 1_000_000))
     _print(result)
     return result
 
