@@ -1,6 +1,7 @@
 """Scrapy through the gateway: a fixed ``meta["proxy"]`` versus the Proxaro middleware.
 
     python -m proxaro_scrape.bench.scrapy [--quick] [--json] [--schedule paired|alternating]
+    python -m proxaro_scrape.bench.scrapy --instructions      # valgrind: slow, load-proof
 
 The same crawl (product pages of the sandbox demo shop, parsed with CSS selectors, one item
 each) is run two ways against one sandbox, each in a fresh subprocess (a clean reactor, nothing
@@ -42,7 +43,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["run"]
+__all__ = ["run", "run_instructions"]
 
 _ME = "proxaro_scrape.bench.scrapy"
 GOAL_PAGES_PER_S = 0.98
@@ -139,6 +140,7 @@ def _child(config: dict[str, Any]) -> None:
         settings["ADDONS"] = {"proxaro_scrape.integrations.scrapy.ProxaroAddon": 0}
         settings["PROXARO_API_KEY"] = config["api_key"]
         settings["PROXARO_BASE_URL"] = config["api_url"]
+    settings.update(config.get("settings") or {})
     process = AsyncCrawlerProcess(settings)
     process.crawl(BenchSpider)
     profiler: Any = None
@@ -317,6 +319,85 @@ def run(
     }
 
 
+#: Settings that turn off the work a crawl does per second rather than per page (polls, stats
+#: copies, LogStats): under valgrind a crawl lasts minutes, and that work would read as per page.
+_NO_TIMED_WORK: dict[str, Any] = {
+    "PROXARO_CREDENTIALS_POLL_INTERVAL": 86400,
+    "PROXARO_USAGE_POLL_INTERVAL": None,
+    "PROXARO_POOL_TTL": None,
+    "PROXARO_STATS_INTERVAL": None,
+    "LOGSTATS_INTERVAL": 0,
+}
+
+
+def run_instructions(pages: tuple[int, int] = (50, 300), concurrency: int = 16) -> dict[str, Any]:
+    """Instructions per page under valgrind (callgrind): a figure the machine's load cannot move.
+
+    Each side crawls ``pages[0]`` and then ``pages[1]`` pages under ``valgrind
+    --tool=callgrind``; the difference of the instruction counts over the difference of the
+    pages is the cost of a page, start-up left out.  Work done per second (credential polls,
+    stats copies) is turned off on both sides: valgrind stretches a crawl to minutes.  Slow
+    (about ten minutes): an option of the command line, not part of the suite.
+    """
+    import shutil
+    import tempfile
+
+    from proxaro_scrape.sandbox import Sandbox
+
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise RuntimeError("valgrind is not installed")
+    counts: dict[str, list[int]] = {"static": [], "middleware": []}
+    with Sandbox(seed=0) as sb, tempfile.TemporaryDirectory(prefix="proxaro-callgrind-") as tmp:
+        base: dict[str, Any] = {
+            "products": len(_catalogue_ids(sb.site_url)),
+            "site_url": sb.site_url,
+            "concurrency": concurrency,
+            "api_key": sb.api_key,
+            "api_url": sb.api_url,
+            "settings": _NO_TIMED_WORK,
+        }
+        sides = {"static": {**base, "proxy_url": sb.proxy_url()}, "middleware": base}
+        for mode, config in sides.items():
+            for n in pages:
+                out = os.path.join(tmp, f"{mode}.{n}")
+                proc = subprocess.run(  # noqa: S603 - our own module, with our own arguments
+                    [
+                        valgrind,
+                        "--tool=callgrind",
+                        f"--callgrind-out-file={out}",
+                        sys.executable,
+                        "-m",
+                        _ME,
+                        "--child",
+                        "-",
+                    ],
+                    input=json.dumps({**config, "mode": mode, "pages": n}),
+                    capture_output=True,
+                    text=True,
+                    timeout=3600,
+                )
+                refs = [ln for ln in proc.stderr.splitlines() if "Collected :" in ln]
+                if proc.returncode != 0 or not refs:
+                    raise RuntimeError(
+                        f"the {mode} crawl under valgrind failed: {proc.stderr[-2000:]}"
+                    )
+                counts[mode].append(int(refs[-1].rsplit(":", 1)[1].strip()))
+    per_page = {m: (c[1] - c[0]) / (pages[1] - pages[0]) for m, c in counts.items()}
+    ratio = per_page["middleware"] / per_page["static"]
+    return {
+        "figure": "Scrapy: instructions per page, Proxaro middleware vs a fixed meta['proxy']",
+        "static_instructions_per_page": round(per_page["static"]),
+        "middleware_instructions_per_page": round(per_page["middleware"]),
+        "instructions_per_page_ratio": round(ratio, 4),
+        "startup_extra_instructions": counts["middleware"][0] - counts["static"][0],
+        "goal": f"<= {GOAL_CPU_PER_PAGE}",
+        "met": ratio <= GOAL_CPU_PER_PAGE,
+        "pages": list(pages),
+        "counts": counts,
+    }
+
+
 def _load() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -342,10 +423,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="per window (paired)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", help="write a pyinstrument profile of a middleware crawl")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per page under valgrind instead (slow, immune to machine load)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(json.loads(sys.stdin.read() if args.child == "-" else args.child))
+        return
+    if args.instructions:
+        figures = run_instructions(concurrency=args.concurrency)
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print(figures["figure"])
+            print(
+                f"  static {figures['static_instructions_per_page']:,}   middleware "
+                f"{figures['middleware_instructions_per_page']:,}   ratio "
+                f"{figures['instructions_per_page_ratio']:.4f} (goal {figures['goal']}); "
+                f"start-up: {figures['startup_extra_instructions']:,} more, once"
+            )
         return
     result = run(
         args.quick,
