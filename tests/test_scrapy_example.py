@@ -89,7 +89,7 @@ def test_scrapy_list_and_a_missing_site_url(sandbox: Sandbox) -> None:
 
 
 _IN_PROCESS = """
-import json, sys
+import json, sys, time
 import httpx
 sys.path.insert(0, sys.argv[1])
 from shop.run import crawl
@@ -106,6 +106,9 @@ def on_page(spider, response):
     if spider.pages >= 220 and "rotate" not in done:
         done.add("rotate")
         httpx.post(f"{api}/_sandbox/rotate", json={})
+        # A slow callback past the grace (0.5 s): the requests that follow still carry the
+        # old password, meet 407s, and the middleware must take the new one in.
+        time.sleep(0.7)
 
 
 result = crawl(site, spider_kwargs={"on_page": on_page}, LOG_LEVEL="WARNING")
