@@ -45,6 +45,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 FLAT_OBJECTS_PER_REQUEST = 0.5
 FLAT_BLOCKS_PER_REQUEST = 4.0
 FLAT_RSS_BYTES = 4 * 1024 * 1024
+#: The Scrapy crawl shares the session's Twisted reactor with every crawl that ran before it, and
+#: their leftovers (pool timeouts, delayed calls) fire during the measured batch: in a full run
+#: the second batch added 170-180 objects (0.66-0.71 a request), alone it shed some.  A leak of
+#: any per-request object (a Request, a Response, a route) adds ten or more a request.
+FLAT_OBJECTS_PER_REQUEST_SCRAPY = 1.0
 AIOHTTP_REQUESTS = 1000
 SCRAPY_CONCURRENCY = 256
 SCRAPY_REQUESTS = SCRAPY_CONCURRENCY
@@ -100,8 +105,10 @@ def growth(a: tuple[int, int, int], b: tuple[int, int, int], requests: int) -> d
     }
 
 
-def assert_flat(grown: dict[str, float]) -> None:
-    assert grown["objects_per_request"] < FLAT_OBJECTS_PER_REQUEST, grown
+def assert_flat(
+    grown: dict[str, float], objects_per_request: float = FLAT_OBJECTS_PER_REQUEST
+) -> None:
+    assert grown["objects_per_request"] < objects_per_request, grown
     assert grown["blocks_per_request"] < FLAT_BLOCKS_PER_REQUEST, grown
     assert grown["rss_bytes"] < FLAT_RSS_BYTES, grown
 
@@ -226,7 +233,7 @@ async def test_scrapy_crawl_at_256_concurrent_requests(
     assert stats["proxaro/requests"] >= 4 * SCRAPY_REQUESTS
     # CONCURRENT_REQUESTS was reached: the downloader held that many at once.
     assert traffic["max_active_in_downloader"] >= SCRAPY_CONCURRENCY * 3 // 4
-    assert_flat(grown)
+    assert_flat(grown, FLAT_OBJECTS_PER_REQUEST_SCRAPY)
     assert sockets_after == 0
     assert gateway_open(after) == 0
 
