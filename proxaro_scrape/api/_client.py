@@ -131,10 +131,11 @@ class Proxaro(_ClientBase):
     ``api_key`` defaults to ``PROXARO_API_KEY`` and is checked locally (``proxaro_live_`` or
     ``proxaro_test_`` + 32 lowercase hex) before any request; ``base_url`` defaults to
     ``PROXARO_BASE_URL``, then ``https://api.proxaro.io``.  ``max_retries`` retries 429, 503 and
-    connect errors for every call, and 500s and timeouts for GET/DELETE only (see
-    :func:`~proxaro_scrape.api._base.should_retry`).  ``pacer`` (off by default) paces requests to
-    stay under the plan's budget.  ``http_client`` brings your own ``httpx.Client`` (which the
-    client then does not close).
+    failures before the request left (connect errors, connect or pool timeouts) for every call,
+    and 500/502/504, read timeouts and dropped connections for idempotent methods only (GET,
+    HEAD, OPTIONS, DELETE, PUT; see :func:`~proxaro_scrape.api._base.should_retry`).
+    ``pacer`` (off by default) paces requests to stay under the plan's budget.  ``http_client``
+    brings your own ``httpx.Client`` (which the client then does not close).
     """
 
     def __init__(
