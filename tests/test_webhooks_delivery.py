@@ -124,7 +124,7 @@ def test_backoff_schedule_is_exponential_capped_and_within_24h() -> None:
         ("https://LOCALHOST:9000/", True),
         ("http://127.0.0.1:8443/hook", False),
         ("https://ops.example.com/hooks/nb", False),
-        ("https://10.0.0.1/hook", False),
+        ("https://192.0.2.1/hook", False),  # TEST-NET-1: never reached
         ("https://8.8.8.8/hook", False),
         ("https://127.0.0.1.nip.io/hook", False),
         ("https://localhost.example.com/", False),
@@ -297,7 +297,7 @@ async def test_gives_up_after_24_hours(sb: Sandbox) -> None:
 
 async def test_non_loopback_endpoint_fails_without_connecting(sb: Sandbox) -> None:
     far = register(sb, "https://ops.example.com/hooks/nb", ["*"])
-    lan = register(sb, "https://10.1.2.3:8443/hooks", ["order.paid"])
+    lan = register(sb, "https://192.0.2.3:8443/hooks", ["order.paid"])  # TEST-NET-1
     sb.call(sb.world.emit, "order.paid", {"object": "order", "id": "ord_1"})
     await until(lambda: len(attempts(sb)) == 2)
     for hook in (far, lan):
