@@ -8,17 +8,6 @@ from proxaro_scrape._cli._common import CommandError, sigterm_as_interrupt
 
 __all__ = ["COMMANDS"]
 
-#: The keys of ``sandbox --json``'s one line, in order (a contract with scripts and tests).
-SANDBOX_KEYS = (
-    "api_url",
-    "api_key",
-    "gateway_host",
-    "gateway_port",
-    "site_url",
-    "site_https_url",
-    "ca_cert",
-)
-
 
 @click.command("sandbox")
 @click.option(
@@ -47,8 +36,8 @@ def sandbox(port: int, seed: int, plan: str, as_json: bool) -> None:
             click.echo(sb.dumps(), nl=True)
         else:
             info = sb.info()
-            for key in SANDBOX_KEYS:
-                click.echo(f"{key:15} {info[key]}")
+            for key, value in info.items():
+                click.echo(f"{key:15} {value}")
             click.echo(
                 f"Try: proxaro-scrape --api-key {info['api_key']} --base-url {info['api_url']} "
                 "status"

@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from proxaro_scrape.sandbox._runner import INFO_KEYS
+
 __all__ = ["SandboxProcess", "sandbox_process"]
 
 
@@ -91,7 +93,7 @@ def sandbox_process(seed: int = 0, plan: str = "growth") -> Iterator[SandboxProc
             errfile.seek(0)
             raise RuntimeError(f"the sandbox did not start: {(line + errfile.read())[-2000:]}")
         info = json.loads(line)
-        yield SandboxProcess(pid=proc.pid, **{k: info[k] for k in _KEYS})
+        yield SandboxProcess(pid=proc.pid, **{k: info[k] for k in INFO_KEYS})
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # KeyboardInterrupt: the sandbox closes its servers
@@ -103,14 +105,3 @@ def sandbox_process(seed: int = 0, plan: str = "growth") -> Iterator[SandboxProc
         if proc.stdout is not None:
             proc.stdout.close()
         errfile.close()
-
-
-_KEYS = (
-    "api_url",
-    "api_key",
-    "gateway_host",
-    "gateway_port",
-    "site_url",
-    "site_https_url",
-    "ca_cert",
-)

@@ -26,6 +26,16 @@ from proxaro_scrape.sandbox.world import Clock, World
 T = TypeVar("T")
 
 ALL_COMPONENTS = frozenset({"api", "gateway", "site", "webhooks"})
+#: The keys of ``proxaro-scrape sandbox --json``'s one line, in order (a contract with scripts).
+INFO_KEYS = (
+    "api_url",
+    "api_key",
+    "gateway_host",
+    "gateway_port",
+    "site_url",
+    "site_https_url",
+    "ca_cert",
+)
 LOOPBACK = "127.0.0.1"
 
 
@@ -103,16 +113,8 @@ class Sandbox:
     # ------------------------------------------------------------------ values
 
     def info(self) -> dict[str, Any]:
-        """The values ``proxaro-scrape sandbox --json`` prints, as one dict."""
-        return {
-            "api_url": self.api_url,
-            "api_key": self.api_key,
-            "gateway_host": self.gateway_host,
-            "gateway_port": self.gateway_port,
-            "site_url": self.site_url,
-            "site_https_url": self.site_https_url,
-            "ca_cert": self.ca_cert,
-        }
+        """The values ``proxaro-scrape sandbox --json`` prints, as one dict (:data:`INFO_KEYS`)."""
+        return {key: getattr(self, key) for key in INFO_KEYS}
 
     def proxy_url(self, username: str | None = None, password: str | None = None) -> str:
         """A static gateway URL with the current credentials (for plain clients in tests)."""
