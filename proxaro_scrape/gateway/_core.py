@@ -368,6 +368,26 @@ class RequestRouting:
             ban_status_codes=core.ban_status_codes,
             is_ban=core.is_ban,
         )
+        return self.observe_outcome(out)
+
+    @property
+    def ban_status_codes(self) -> frozenset[int]:
+        """The statuses that mean "banned" (the manager's ``ban_status_codes``)."""
+        return self._core.ban_status_codes
+
+    @property
+    def is_ban(self) -> IsBan | None:
+        """The user's ``is_ban(status, headers, body)`` hook, or ``None``."""
+        return self._core.is_ban
+
+    def observe_outcome(self, out: Outcome) -> Outcome:
+        """Apply an already classified answer to the last route: breakers, sessions, counters,
+        the attempt budget; returns the final :class:`Outcome` (``retry`` refined).
+
+        The integration contract (:mod:`proxaro_scrape.gateway.edge`) classifies what a stack
+        saw, under the trust rules, and hands the result here.
+        """
+        core = self._core
         route, step = self._route, self._step
         if route is None or step is None:
             raise ProxaroError("observe() comes after next_route()")
