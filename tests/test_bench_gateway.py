@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxaro_scrape.bench.gateway import run
+from benchmarks.gateway import run
 
 
 @pytest.mark.timeout(150)

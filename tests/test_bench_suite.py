@@ -1,6 +1,6 @@
 """The benchmark suite: every figure is produced in quick mode, and a broken module is reported.
 
-The smoke test runs ``python -m proxaro_scrape.bench --quick`` as a user would, in a
+The smoke test runs ``python -m benchmarks --quick`` as a user would, in a
 subprocess, and checks that every figure of the table is present and numeric, not that it
 meets its goal (quick counts are too small to compare with the goals, and the machine is
 shared).
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from proxaro_scrape.bench import suite
+from benchmarks import suite
 
 
 @pytest.mark.timeout(420)
@@ -28,7 +28,7 @@ def test_quick_suite_produces_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "proxaro_scrape.bench", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=400,
@@ -60,7 +60,7 @@ def test_quick_suite_produces_every_figure(tmp_path: Path) -> None:
 
 def test_a_module_that_fails_leaves_its_figures_unproduced_with_the_reason() -> None:
     said: list[str] = []
-    broken = suite.Group("no-such-group", "proxaro_scrape.bench.nothing", 60, 60)
+    broken = suite.Group("no-such-group", "benchmarks.nothing", 60, 60)
     module = suite._run_group(broken, True, said.append)
     assert module["ok"] is False and "StopIteration" in module["error"]
     assert said and "no-such-group" in said[0]

@@ -1,7 +1,7 @@
 """Load: 1,000 concurrent requests through the aiohttp integration, and a Scrapy crawl at
 ``CONCURRENT_REQUESTS = 256``: nothing lost, memory flat after warm-up, every connection closed.
 
-The sandbox runs in a process of its own (``proxaro_scrape.bench._sandbox``, the real
+The sandbox runs in a process of its own (``benchmarks._sandbox``, the real
 ``proxaro-scrape sandbox --json``), so that this process holds only the client side: its
 memory (``tracemalloc``) and its sockets (``/proc/self/fd``) are the client's alone.  The
 gateway's side of the connections is read from its counters (``gateway.connections`` minus
@@ -34,7 +34,7 @@ from proxaro_scrape.integrations import aiohttp as px_aiohttp
 from proxaro_scrape.integrations.scrapy import ProxaroDownloaderMiddleware
 
 from proxaro_scrape import GatewayManager
-from proxaro_scrape.bench._sandbox import SandboxProcess, sandbox_process
+from benchmarks._sandbox import SandboxProcess, sandbox_process
 from tests._scrapy_traffic import crawl_under, manager_of, settings_for, sleep, stats_of
 from tests._stack_drivers import Aiohttp
 from tests._traffic import Tally, Traffic, echo_plan, open_tcp_to, report, settle

@@ -1,6 +1,6 @@
-"""Every benchmark figure of the project in one run: ``python -m proxaro_scrape.bench``.
+"""Every benchmark figure of the project in one run: ``python -m benchmarks``.
 
-    python -m proxaro_scrape.bench [--quick] [--json PATH] [--only core,faults]
+    python -m benchmarks [--quick] [--json PATH] [--only core,faults]
 
 Each benchmark module (``gateway``, ``core``, ``clients``, ``scrapy``, ``faults``, ``webhook``;
 each has ``run(quick) -> dict``) runs in a child process of this one, one after the other, so
@@ -43,6 +43,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks import child_env
+
 __all__ = ["FIGURES", "GROUPS", "Figure", "Group", "main", "run_suite"]
 
 #: Requests in flight for the per-stack throughput figures (the issue's figure).
@@ -65,12 +67,12 @@ class Group:
 
 
 GROUPS: tuple[Group, ...] = (
-    Group("gateway", "proxaro_scrape.bench.gateway", 90, 600),
-    Group("core", "proxaro_scrape.bench.core", 120, 1200),
-    Group("clients", "proxaro_scrape.bench.clients", 150, 1800),
+    Group("gateway", "benchmarks.gateway", 90, 600),
+    Group("core", "benchmarks.core", 120, 1200),
+    Group("clients", "benchmarks.clients", 150, 1800),
     Group(
         "scrapy",
-        "proxaro_scrape.bench.scrapy",
+        "benchmarks.scrapy",
         150,
         1800,
         # The issue measures every stack at 64 in flight; quick: the smallest crawl that
@@ -78,8 +80,8 @@ GROUPS: tuple[Group, ...] = (
         quick_kwargs={"concurrency": IN_FLIGHT, "pages": 200, "rounds": 1},
         full_kwargs={"concurrency": IN_FLIGHT},
     ),
-    Group("faults", "proxaro_scrape.bench.faults", 120, 900),
-    Group("webhook", "proxaro_scrape.bench.webhook", 60, 300),
+    Group("faults", "benchmarks.faults", 120, 900),
+    Group("webhook", "benchmarks.webhook", 60, 300),
 )
 
 Value = float | int
@@ -364,14 +366,18 @@ def _run_group(group: Group, quick: bool, log: Callable[[str], None]) -> dict[st
     with tempfile.TemporaryDirectory(prefix="proxaro-bench-") as tmp:
         out_path = os.path.join(tmp, "result.json")
         log_path = os.path.join(tmp, "output.log")
-        cmd = [sys.executable, "-m", "proxaro_scrape.bench.suite", "--child", group.name]
+        cmd = [sys.executable, "-m", "benchmarks.suite", "--child", group.name]
         cmd += ["--child-out", out_path] + (["--quick"] if quick else [])
         t0 = time.monotonic()
         with open(log_path, "w+", encoding="utf-8", errors="replace") as output:
             # A session of its own, so that a hung module's whole tree (its sandbox, its
             # crawlers) can be stopped together.
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                cmd, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=child_env(),
             )
             try:
                 code: int | None = proc.wait(timeout=timeout)
@@ -498,7 +504,7 @@ def run_suite(
         say(f"  {group.name}: {modules[group.name]['seconds']} s")
     figures = [_evaluate(f, modules.get(f.group)) for f in FIGURES if f.group in modules]
     return {
-        "command": "python -m proxaro_scrape.bench" + (" --quick" if quick else ""),
+        "command": "python -m benchmarks" + (" --quick" if quick else ""),
         "quick": quick,
         "started_at": started.isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 1),
@@ -561,9 +567,9 @@ def render_table(report: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m proxaro_scrape.bench``: run, print the table, write the JSON."""
+    """``python -m benchmarks``: run, print the table, write the JSON."""
     parser = argparse.ArgumentParser(
-        prog="python -m proxaro_scrape.bench",
+        prog="python -m benchmarks",
         description="Run every proxaro-scrape benchmark against the sandbox: one table, one "
         "JSON file.",
     )

@@ -1,6 +1,6 @@
 """From a ``credentials.rotated`` delivery to the new password in use.
 
-    python -m proxaro_scrape.bench.webhook [--quick] [--json]
+    python -m benchmarks.webhook [--quick] [--json]
 
 A :class:`~proxaro_scrape.webhooks.WebhookReceiver` serves HTTPS (a certificate from the
 sandbox CA, which the sandbox's webhook deliverer trusts), is attached to an async
@@ -225,7 +225,7 @@ def run(quick: bool = False, *, rotations: int | None = None, workers: int = 4) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m proxaro_scrape.bench.webhook``."""
+    """``python -m benchmarks.webhook``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds (CI smoke)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -1,6 +1,6 @@
 """The gateway manager's own figures: decision cost, API calls in steady state, memory bound.
 
-    python -m proxaro_scrape.bench.core [--quick] [--json]
+    python -m benchmarks.core [--quick] [--json]
 
 Three figures, printed (figures, not timed assertions):
 
@@ -256,7 +256,7 @@ def _print(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m proxaro_scrape.bench.core [--quick] [--json]``."""
+    """Command line: ``python -m benchmarks.core [--quick] [--json]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")

@@ -1,6 +1,6 @@
 """Per client stack: the Proxaro integration versus the same client with a static proxy URL.
 
-    python -m proxaro_scrape.bench.clients [--quick] [--json PATH]
+    python -m benchmarks.clients [--quick] [--json PATH]
 
 For httpx (sync and async), requests and aiohttp, in one run and against one sandbox started as
 a separate process (``proxaro-scrape sandbox --json``), so that this process's CPU time is the
@@ -129,9 +129,8 @@ def _sync_stack(
 
         return b, p, t, close
     import requests
-    from requests.adapters import HTTPAdapter
-
     from proxaro_scrape.integrations.requests import ProxaroSession
+    from requests.adapters import HTTPAdapter
 
     rbase = requests.Session()
     rbase.mount("http://", HTTPAdapter(pool_maxsize=CONCURRENCY))
@@ -282,7 +281,6 @@ class _AsyncClients:
 
         else:
             import aiohttp
-
             from proxaro_scrape.integrations.aiohttp import ProxaroMiddleware
 
             abase = aiohttp.ClientSession()
@@ -409,7 +407,7 @@ def _print_table(out: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m proxaro_scrape.bench.clients [--quick] [--json PATH] [--stack NAME ...]``."""
+    """``python -m benchmarks.clients [--quick] [--json PATH] [--stack NAME ...]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")

@@ -1,7 +1,7 @@
 """Scrapy through the gateway: a fixed ``meta["proxy"]`` versus the Proxaro middleware.
 
-    python -m proxaro_scrape.bench.scrapy [--quick] [--json] [--schedule paired|alternating]
-    python -m proxaro_scrape.bench.scrapy --instructions      # valgrind: slow, load-proof
+    python -m benchmarks.scrapy [--quick] [--json] [--schedule paired|alternating]
+    python -m benchmarks.scrapy --instructions      # valgrind: slow, load-proof
 
 The same crawl (product pages of the sandbox demo shop, parsed with CSS selectors, one item
 each) is run two ways against one sandbox, each in a fresh subprocess (a clean reactor, nothing
@@ -43,9 +43,11 @@ import sys
 import time
 from typing import Any
 
+from benchmarks import child_env
+
 __all__ = ["run", "run_instructions"]
 
-_ME = "proxaro_scrape.bench.scrapy"
+_ME = "benchmarks.scrapy"
 GOAL_PAGES_PER_S = 0.98
 GOAL_CPU_PER_PAGE = 1.03
 #: Paired rounds: seconds from the launch of both crawlers to the start of the window (their
@@ -185,6 +187,7 @@ def _launch(config: dict[str, Any]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(config))
@@ -376,6 +379,7 @@ def run_instructions(pages: tuple[int, int] = (50, 300), concurrency: int = 16) 
                     capture_output=True,
                     text=True,
                     timeout=3600,
+                    env=child_env(),
                 )
                 refs = [ln for ln in proc.stderr.splitlines() if "Collected :" in ln]
                 if proc.returncode != 0 or not refs:
@@ -413,7 +417,7 @@ def _catalogue_ids(site_url: str) -> range:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m proxaro_scrape.bench.scrapy``."""
+    """``python -m benchmarks.scrapy``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds (CI smoke)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

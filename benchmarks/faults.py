@@ -1,6 +1,6 @@
 """Faults at full speed: a credentials rotation, and a region that dies, in the middle of a run.
 
-    python -m proxaro_scrape.bench.faults [--quick] [--json]
+    python -m benchmarks.faults [--quick] [--json]
 
 Both scenarios drive the async client stacks whose users run at full speed, the httpx
 ``AsyncProxaroTransport`` and the aiohttp ``ProxaroMiddleware``, with ``concurrency`` requests
@@ -21,7 +21,7 @@ with the client for its interpreter.
    manager's (``stats()["requests"]``); extra attempts per request = (attempts - requests) /
    requests, over the whole run.
 
-:func:`run` is what the benchmark suite (``python -m proxaro_scrape.bench``) calls.
+:func:`run` is what the benchmark suite (``python -m benchmarks``) calls.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxaro_scrape.bench._sandbox import SandboxProcess, sandbox_process
+from benchmarks._sandbox import SandboxProcess, sandbox_process
 
 __all__ = ["run"]
 
@@ -54,7 +54,6 @@ class _Client:
         ctx = ssl.create_default_context(cafile=sb.ca_cert)
         if stack == "httpx_async":
             import httpx
-
             from proxaro_scrape.integrations.httpx import AsyncProxaroTransport
 
             limits = httpx.Limits(
@@ -65,7 +64,6 @@ class _Client:
             )
         elif stack == "aiohttp":
             import aiohttp
-
             from proxaro_scrape.integrations.aiohttp import ProxaroMiddleware
 
             self._aiohttp = aiohttp.ClientSession(
@@ -294,7 +292,7 @@ def run(quick: bool = False, *, concurrency: int = 64) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m proxaro_scrape.bench.faults``."""
+    """``python -m benchmarks.faults``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds (CI smoke)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

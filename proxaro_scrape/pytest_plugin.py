@@ -9,19 +9,30 @@ Put a whole local Proxaro under your own tests::
 
 The sandbox runs on its own loop in a background thread, on free loopback ports, and is closed
 at the end of the test.
+
+Every pytest run of a machine that has proxaro-scrape installed loads this module, so it costs
+nothing until the fixture is used: it lives outside :mod:`proxaro_scrape.sandbox` (importing a
+submodule would import that package, and with it aiohttp) and imports the sandbox, which needs
+the ``sandbox`` extra, inside the fixture.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from proxaro_scrape.sandbox import Sandbox
+if TYPE_CHECKING:
+    from proxaro_scrape.sandbox import Sandbox
+
+__all__ = ["proxaro_sandbox"]
 
 
 @pytest.fixture
 def proxaro_sandbox() -> Iterator[Sandbox]:
     """A running :class:`~proxaro_scrape.sandbox.Sandbox` (seed 0, Growth plan)."""
+    from proxaro_scrape.sandbox import Sandbox
+
     with Sandbox(seed=0) as sandbox:
         yield sandbox

@@ -1,6 +1,6 @@
 """Sandbox gateway requests/s against proxy.py, same client, same target, in one run.
 
-    python -m proxaro_scrape.bench.gateway [--quick] [--json]
+    python -m benchmarks.gateway [--quick] [--json]
 
 Three processes besides this one, all on loopback: a minimal keep-alive HTTP target, the
 sandbox gateway (:class:`~proxaro_scrape.sandbox.gateway.GatewayServer` alone, in a process of
@@ -36,6 +36,8 @@ import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
+
+from benchmarks import child_env
 
 __all__ = ["run"]
 
@@ -136,6 +138,7 @@ def _process(args: list[str], *, announce: bool = True) -> Iterator[tuple[Any, d
         stdout=subprocess.PIPE if announce else subprocess.DEVNULL,
         stderr=errfile,
         text=True,
+        env=child_env(),
     )
     try:
         info: dict[str, Any] = {}
@@ -320,7 +323,7 @@ def run(
     """
     rounds, seconds, warmup = (2, 0.6, 0.3) if quick else (8, 2.0, 1.5)
     py = sys.executable
-    me = "proxaro_scrape.bench.gateway"
+    me = "benchmarks.gateway"
     with contextlib.ExitStack() as stack:
         stack.callback(os.environ.pop, "PROXARO_BENCH_PROFILE", None)
         _, target = stack.enter_context(_process([py, "-m", me, "--serve", "target"]))
@@ -411,7 +414,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m proxaro_scrape.bench.gateway``."""
+    """``python -m benchmarks.gateway``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a couple of seconds (CI smoke)")
     parser.add_argument("--json", action="store_true", help="print the figure as JSON")
