@@ -15,7 +15,7 @@ from proxaro_scrape import (
     SourceNotAllowedError,
 )
 from proxaro_scrape.gateway import ExitInfo, classify
-from proxaro_scrape.gateway.outcome import KINDS, header_values
+from proxaro_scrape.gateway.outcome import KINDS, Failure, classify_failure, header_values
 
 EXIT = {
     "X-Proxaro-Exit-IP": "72.164.18.44",
@@ -37,7 +37,9 @@ def gw(error: str) -> dict[str, str]:
         (500, EXIT, "success", False, False, None),
         (301, {}, "success", False, False, None),
         (407, gw("auth_failed"), "stale_credentials", True, True, None),
-        (407, {}, "stale_credentials", True, True, None),
+        # a 407 without the gateway's header is the site's own answer (protocol section 3)
+        (407, {}, "success", False, False, None),
+        (407, {"Proxy-Authenticate": 'Basic realm="site"'}, "success", False, False, None),
         (400, gw("bad_targeting"), "bad_targeting", False, False, BadTargetingError),
         (403, gw("source_not_allowed"), "source_not_allowed", False, False, SourceNotAllowedError),
         (403, gw("scope_required"), "scope_required", False, False, ScopeRequiredError),
@@ -109,72 +111,62 @@ def test_ban_codes_and_hook() -> None:
     assert len(seen) == 2
 
 
-class TunnelError(Exception):
-    """Like Scrapy's: a failed CONNECT with the status in the message."""
-
-
-class FakeProxyError(Exception):
-    pass
-
-
-class AttrProxyError(Exception):
-    """Like aiohttp's ClientHttpProxyError: the status as an attribute."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__("proxy said no")
-        self.status = status
-
-
 @pytest.mark.parametrize(
-    ("exc", "kind", "retry", "refresh"),
+    ("status", "headers", "kind", "retry", "refresh"),
     [
-        (httpx.ReadTimeout("read"), "timeout", True, False),
-        (httpx.ConnectTimeout("connect"), "timeout", True, False),
-        (asyncio.TimeoutError(), "timeout", True, False),
-        (TimeoutError(), "timeout", True, False),
-        (httpx.ConnectError("refused"), "connection_error", True, False),
-        (ConnectionResetError(), "connection_error", True, False),
-        (httpx.RemoteProtocolError("eof"), "connection_error", True, False),
-        (httpx.ProxyError("407 Proxy Authentication Required"), "stale_credentials", True, True),
-        (
-            TunnelError("Could not open CONNECT tunnel with proxy 127.0.0.1:1 [{'status': 407}]"),
-            "stale_credentials",
-            True,
-            True,
-        ),
-        (FakeProxyError("Tunnel connection failed: 502 Bad Gateway"), "exit_failure", True, False),
-        (FakeProxyError("Tunnel connection failed: 504 Gateway Timeout"), "timeout", True, False),
-        (
-            FakeProxyError("Tunnel connection failed: 400 Bad Request"),
-            "bad_targeting",
-            False,
-            False,
-        ),
-        (
-            FakeProxyError("Tunnel connection failed: 403 Forbidden"),
-            "source_not_allowed",
-            False,
-            False,
-        ),
-        (FakeProxyError("proxy went away"), "connection_error", True, False),
-        (AttrProxyError(407), "stale_credentials", True, True),
-        (AttrProxyError(502), "exit_failure", True, False),
-        (
-            FakeProxyError(
-                "407, message='Proxy Authentication Required', url='http://127.0.0.1:41343'"
-            ),
-            "stale_credentials",
-            True,
-            True,
-        ),
+        # a refused CONNECT is always the gateway's answer, with or without its header
+        (407, None, "stale_credentials", True, True),
+        (407, gw("auth_failed"), "stale_credentials", True, True),
+        (400, None, "bad_targeting", False, False),
+        (403, None, "source_not_allowed", False, False),
+        (403, gw("scope_required"), "scope_required", False, False),
+        (502, gw("no_exit"), "region_dead", True, False),
+        (502, gw("exit_failed"), "exit_failure", True, False),
+        (502, None, "exit_failure", True, False),  # the header lost: the core decides on repeats
+        (504, None, "timeout", True, False),
+        (503, None, "exit_failure", True, False),
+        (None, None, "exit_failure", True, False),
     ],
 )
-def test_exceptions(exc: BaseException, kind: str, retry: bool, refresh: bool) -> None:
-    out = classify(exception=exc)
+def test_a_refused_connect(
+    status: int | None, headers: dict[str, str] | None, kind: str, retry: bool, refresh: bool
+) -> None:
+    gateway = header_values(headers) if headers else None
+    out = classify_failure(Failure.TUNNEL_REFUSED, status=status, gateway=gateway)
     assert (out.kind, out.retry, out.refresh) == (kind, retry, refresh)
     assert out.exit is None
     if not retry:
         assert out.error is not None
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind", "retry"),
+    [
+        (Failure.TIMEOUT, "timeout", True),
+        (Failure.CONNECTION, "connection_error", True),
+        (Failure.TLS, "tls_error", False),
+    ],
+)
+def test_failures_without_an_answer(failure: Failure, kind: str, retry: bool) -> None:
+    out = classify_failure(failure)
+    assert (out.kind, out.retry, out.refresh) == (kind, retry, False)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (asyncio.TimeoutError(), "timeout"),
+        (TimeoutError(), "timeout"),
+        (ConnectionResetError(), "connection_error"),
+        (OSError("anything"), "connection_error"),
+        # the legacy entry point knows only the standard library: no guessing from names or
+        # messages (a stack's own exceptions go through its table in the edge)
+        (httpx.ProxyError("407 Proxy Authentication Required"), "connection_error"),
+        (OSError("SSL: CERTIFICATE_VERIFY_FAILED"), "connection_error"),
+    ],
+)
+def test_the_legacy_entry_knows_the_standard_library_only(exc: BaseException, kind: str) -> None:
+    assert classify(exception=exc).kind == kind
 
 
 def test_classify_needs_something() -> None:
@@ -198,11 +190,3 @@ def test_a_target_certificate_failure_is_never_retried() -> None:
         out = classify(exception=outer)
     assert out.kind == "tls_error" and not out.retry and not out.refresh
     assert isinstance(out.error, ConfigurationError) and out.error.param == "verify"
-    assert out.error.__cause__ is inner
-
-
-def test_a_certificate_failure_named_only_in_a_message_is_recognised() -> None:
-    from proxaro_scrape.gateway.outcome import classify
-
-    out = classify(exception=OSError("SSL: CERTIFICATE_VERIFY_FAILED certificate verify failed"))
-    assert out.kind == "tls_error" and not out.retry

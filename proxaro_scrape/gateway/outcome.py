@@ -1,37 +1,42 @@
-"""Outcome classification: what one answer (or failure) through the gateway means.
+"""Outcome classification: what one attempt's answer (or its absence) means.
 
-ONE function, :func:`classify`, turns what a client stack saw (status, headers, exception, body)
-into an :class:`Outcome`: its ``kind``, whether to ``retry``, whether to ``refresh`` the
-credentials first, the ``error`` to raise otherwise, and the real exit (:class:`ExitInfo`, from
-the gateway's ``X-Proxaro-Exit-*`` headers).  It is pure: no I/O, no clock, no state.  The
-per-request state machine (``RequestRouting.observe``) refines ``retry`` with the attempt budget
-and the credential versions.
+Pure functions over plain data, no I/O, no clock, no state:
+
+- :func:`classify_answer` takes the answer's status, the gateway's OWN headers (already
+  chosen by the trust rule of :mod:`proxaro_scrape.gateway.edge`: on plain HTTP the answer's
+  ``X-Proxaro-*``, through a tunnel only the CONNECT answer's), and, for the user's ``is_ban``
+  hook only, the site's headers and body;
+- :func:`classify_failure` takes an attempt that got no answer, in the small vocabulary of
+  :class:`Failure` each integration maps its stack's exceptions onto (one explicit table per
+  stack: the core never guesses from class names or messages).
 
 The rules (``shared/gateway-protocol.md`` section 3):
 
-========================================  ====================  ======  =======
-what came back                             kind                  retry   refresh
-========================================  ====================  ======  =======
-407 (``auth_failed``)                      stale_credentials     yes     yes
-400 ``bad_targeting``                      bad_targeting         never
-403 ``source_not_allowed``                 source_not_allowed    never
-403 ``scope_required``                     scope_required        never
-502 ``no_exit``                            region_dead           yes (failover)
-502 ``exit_failed``                        exit_failure          yes (new session)
-504 ``target_timeout`` / timeout error     timeout               yes (new session)
-target's TLS certificate not verified      tls_error             never
-other connection errors                    connection_error      yes (new session)
-403/429 from the target, or ``is_ban``     ban                   yes (new session)
-anything else from the target              success
-========================================  ====================  ======  =======
+==========================================  ====================  ======  =======
+what came back                               kind                  retry   refresh
+==========================================  ====================  ======  =======
+407 ``auth_failed`` (or a bare 407 CONNECT)  stale_credentials     yes     yes
+400 ``bad_targeting``                        bad_targeting         never
+403 ``source_not_allowed``                   source_not_allowed    never
+403 ``scope_required``                       scope_required        never
+502 ``no_exit``                              region_dead           yes (failover)
+502 ``exit_failed``                          exit_failure          yes (new session)
+504 ``target_timeout``, ``Failure.TIMEOUT``  timeout               yes (new session)
+``Failure.TLS`` (target's certificate)       tls_error             never
+``Failure.CONNECTION``                       connection_error      yes (new session)
+the site's 403/429, or ``is_ban``            ban                   yes (new session)
+anything else from the site                  success
+==========================================  ====================  ======  =======
 
-A 403 *with* ``X-Proxaro-Error`` is the gateway's, never a ban; a 403 without it is the target
-site's answer through the exit, and so a ban keyed on the exit IP the headers name.
+A status without the gateway's ``X-Proxaro-Error`` is the site's answer, a 407 included: only
+the gateway's own header (or the answer to a CONNECT, which only the gateway gives) makes an
+answer the gateway's.  A 403 *with* ``X-Proxaro-Error`` is the gateway's, never a ban.
 """
 
 from __future__ import annotations
 
-import re
+import enum
+import socket
 import ssl
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -47,7 +52,17 @@ from proxaro_scrape.errors import (
     SourceNotAllowedError,
 )
 
-__all__ = ["KINDS", "ExitInfo", "IsBan", "Outcome", "classify", "header_values"]
+__all__ = [
+    "KINDS",
+    "ExitInfo",
+    "Failure",
+    "IsBan",
+    "Outcome",
+    "classify",
+    "classify_answer",
+    "classify_failure",
+    "header_values",
+]
 
 #: Every ``Outcome.kind``.
 KINDS: tuple[str, ...] = (
@@ -75,12 +90,20 @@ IsBan = Callable[[int, Any, Any], bool]
 _LOWER_EXIT = {h.lower(): h for h in protocol.EXIT_HEADERS}
 _ERROR_HEADER = protocol.HEADER_ERROR.lower()
 _WANTED = frozenset(_LOWER_EXIT) | {_ERROR_HEADER}
-# A status in a failed CONNECT's message, most explicit form first (never a port or an address).
-_STATUS_IN_TEXT = (
-    re.compile(r"status['\"]?\s*[:=]\s*([1-5][0-9]{2})\b"),
-    re.compile(r"(?<![\d.:])([45][0-9]{2})\s+[A-Z][A-Za-z]"),
-    re.compile(r"(?<![\d.:])([45][0-9]{2})(?![\d.:])"),
-)
+_CANONICAL = tuple((h, h.lower()) for h in (protocol.HEADER_ERROR, *protocol.EXIT_HEADERS))
+
+
+class Failure(enum.Enum):
+    """An attempt that got no answer, as an integration's exception table names it."""
+
+    #: Connect, read or write timed out (the gateway, the exit or the target).
+    TIMEOUT = "timeout"
+    #: Refused, reset, closed early, or a broken HTTP exchange.
+    CONNECTION = "connection_error"
+    #: The target's TLS certificate failed verification: no exit can fix that.
+    TLS = "tls_error"
+    #: The gateway answered the CONNECT with a non-2xx status (pass it, and its headers).
+    TUNNEL_REFUSED = "tunnel_refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,26 +142,48 @@ class Outcome:
 
 
 def header_values(headers: Any) -> dict[str, str]:
-    """The gateway's own headers (lower-cased names) from any client stack's header object.
+    """The gateway's headers (lower-cased names, str values) out of any stack's header object.
 
-    Accepts a plain dict (any case), ``httpx.Headers``, ``requests``' case-insensitive dict,
-    aiohttp's multidict, Scrapy's ``Headers`` (bytes, list values) or a list of pairs.
+    A list or tuple of ``(name, value)`` pairs and a plain ``dict`` (any case) are walked once;
+    ``httpx.Headers`` through its raw byte pairs; any other map (``requests``' and aiohttp's
+    case-insensitive maps, Scrapy's ``Headers``) is asked for the six names, which costs less
+    than a walk over every header.  Names and values may be bytes.
     """
     if not headers:
         return {}
-    items: Any = headers.items() if hasattr(headers, "items") else headers
+    if isinstance(headers, (list, tuple)):
+        items: Any = headers
+    elif type(headers) is dict:
+        items = headers.items()
+    else:
+        raw = getattr(headers, "raw", None)
+        if isinstance(raw, list):
+            items = raw
+        else:
+            return _looked_up(headers)
     out: dict[str, str] = {}
     for key, value in items:
         name = key.decode("latin-1") if isinstance(key, bytes) else str(key)
         name = name.lower()
-        if name not in _WANTED:
-            continue
-        if isinstance(value, (list, tuple)):
-            if not value:
-                continue
-            value = value[-1]
-        out[name] = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        if name in _WANTED:
+            out[name] = _text(value)
     return out
+
+
+def _looked_up(headers: Any) -> dict[str, str]:
+    get = headers.get
+    out: dict[str, str] = {}
+    for name, lower in _CANONICAL:
+        value = get(name)
+        if value is not None:
+            out[lower] = _text(value)
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        value = value[-1] if value else ""
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 def exit_info(values: Mapping[str, str]) -> ExitInfo | None:
@@ -153,6 +198,76 @@ def exit_info(values: Mapping[str, str]) -> ExitInfo | None:
     return ExitInfo(ip=ip, country=country, asn=asn, exit_class=cls, session=session)
 
 
+def classify_answer(
+    status: int,
+    gateway: Mapping[str, str],
+    *,
+    site_headers: Any = None,
+    body: Any = None,
+    ban_status_codes: Collection[int] = (403, 429),
+    is_ban: IsBan | None = None,
+) -> Outcome:
+    """Classify an answer.  ``gateway`` holds the gateway's own headers, lower-cased
+    (:func:`header_values` of what the trust rule lets through); ``site_headers`` and ``body``
+    reach only the ``is_ban`` hook."""
+    ex = exit_info(gateway) if gateway else None
+    err = gateway.get(_ERROR_HEADER) if gateway else None
+    if err is not None:
+        return _gateway_answer(status, err, ex)
+    if status in ban_status_codes or (is_ban is not None and is_ban(status, site_headers, body)):
+        return Outcome("ban", retry=True, exit=ex, status=status)
+    return Outcome("success", exit=ex, status=status)
+
+
+def classify_failure(
+    failure: Failure, *, status: int | None = None, gateway: Mapping[str, str] | None = None
+) -> Outcome:
+    """Classify an attempt with no answer.  For :attr:`Failure.TUNNEL_REFUSED` pass the
+    CONNECT answer's ``status`` and, when the stack shows them, its headers (``gateway``,
+    lower-cased): a CONNECT answer is always the gateway's."""
+    if failure is Failure.TUNNEL_REFUSED:
+        err = gateway.get(_ERROR_HEADER) if gateway else None
+        if status is not None and err is not None:
+            return _gateway_answer(status, err, None)
+        return _bare_connect_answer(status)
+    if failure is Failure.TIMEOUT:
+        return Outcome("timeout", retry=True)
+    if failure is Failure.TLS:
+        return Outcome(
+            "tls_error",
+            error=ConfigurationError(
+                "the target's TLS certificate could not be verified through the gateway; "
+                "pass the CA bundle that signs it (verify=...): retrying through other exits "
+                "cannot help",
+                param="verify",
+            ),
+        )
+    return Outcome("connection_error", retry=True)
+
+
+def _bare_connect_answer(status: int | None) -> Outcome:
+    """A refused CONNECT whose ``X-Proxaro-Error`` the stack did not show: its status alone."""
+    if status == 407:
+        return _gateway_answer(status, protocol.ERROR_AUTH_FAILED, None)
+    if status == 400:
+        return _gateway_answer(status, protocol.ERROR_BAD_TARGETING, None)
+    if status == 403:
+        return Outcome(
+            "source_not_allowed",
+            error=SourceNotAllowedError(
+                "the gateway refused the CONNECT with 403: this machine's address is not on the "
+                "allowlist, or ASN targeting needs the Growth plan",
+                status=403,
+                error=None,
+            ),
+            status=403,
+        )
+    if status == 504:
+        return Outcome("timeout", retry=True, status=status)
+    # A bare 502 (no_exit or exit_failed, the header lost), another 5xx, or no status at all.
+    return Outcome("exit_failure", retry=True, status=status)
+
+
 def classify(
     status: int | None = None,
     headers: Any = None,
@@ -162,28 +277,62 @@ def classify(
     ban_status_codes: Collection[int] = (403, 429),
     is_ban: IsBan | None = None,
 ) -> Outcome:
-    """Classify one attempt's answer.  See the module docstring for the table.
+    """Classify a plain-HTTP answer (``status`` and its ``headers``, whose ``X-Proxaro-*``
+    are the gateway's) or, failing that, an ``exception`` of the standard library.
 
-    Pass ``status`` and ``headers`` of the answer, or ``exception`` when there was none.  For a
-    failed ``CONNECT`` pass the CONNECT answer's status and headers when the stack exposes them;
-    otherwise the exception alone is enough: a status in its message ("Tunnel connection failed:
-    407 ...") is recognised.
+    Integrations use :mod:`proxaro_scrape.gateway.edge` instead, which applies the trust rule
+    for tunnels and maps each stack's exceptions by an explicit table.  Here only the standard
+    library's exceptions are known: ``TimeoutError`` is a timeout, a certificate-verification
+    failure in the chain is ``tls_error``, anything else a connection error.
     """
     if status is None:
         if exception is None:
             raise ValueError("classify() needs a status or an exception")
-        return _classify_exception(exception)
-    values = header_values(headers)
-    ex = exit_info(values)
-    err = values.get(_ERROR_HEADER)
-    if err is not None:
-        return _gateway_answer(status, err, ex)
-    if status == 407:
-        # Only the gateway asks for proxy auth; a 407 without the header is still ours.
-        return _gateway_answer(status, protocol.ERROR_AUTH_FAILED, ex)
-    if status in ban_status_codes or (is_ban is not None and is_ban(status, headers, body)):
-        return Outcome("ban", retry=True, exit=ex, status=status)
-    return Outcome("success", exit=ex, status=status)
+        return classify_failure(stdlib_failure(exception))
+    return classify_answer(
+        status,
+        header_values(headers),
+        site_headers=headers,
+        body=body,
+        ban_status_codes=ban_status_codes,
+        is_ban=is_ban,
+    )
+
+
+def stdlib_failure(exc: BaseException) -> Failure:
+    """:class:`Failure` of a standard-library exception (a certificate failure in the chain
+    first, then ``TimeoutError``, else a connection error)."""
+    if cause_in_chain(exc, ssl.SSLCertVerificationError) is not None:
+        return Failure.TLS
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return Failure.TIMEOUT
+    return Failure.CONNECTION
+
+
+def cause_in_chain(
+    exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s chain: ``__cause__``, ``__context__``,
+    and the wrappers' usual attributes (``reason``, ``original_error``, exception ``args``)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        cur = stack.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, types):
+            return cur
+        for linked in (
+            cur.__cause__,
+            cur.__context__,
+            getattr(cur, "reason", None),
+            getattr(cur, "original_error", None),
+            *getattr(cur, "args", ()),
+        ):
+            if isinstance(linked, BaseException):
+                stack.append(linked)
+    return None
 
 
 def _gateway_answer(status: int, err: str, ex: ExitInfo | None) -> Outcome:
@@ -231,97 +380,3 @@ def _gateway_answer(status: int, err: str, ex: ExitInfo | None) -> Outcome:
         kind = "bad_targeting"
         error = GatewayError(f"{where}", status=status, error=err)
     return Outcome(kind, error=error, exit=ex, status=status, gateway_error=err)
-
-
-def _status_of(exc: BaseException) -> int | None:
-    """The proxy's status carried by a failed-CONNECT exception: an attribute (aiohttp's
-    ``ClientHttpProxyError.status``) or the message (httpx, requests, Scrapy)."""
-    for attr in ("status", "status_code", "code"):
-        value = getattr(exc, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
-            return value
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not break classification
-        return None
-    for pattern in _STATUS_IN_TEXT:
-        match = pattern.search(text)
-        if match is not None:
-            return int(match.group(1))
-    return None
-
-
-def tls_failure(exc: BaseException) -> BaseException | None:
-    """The certificate-verification failure in ``exc``'s chain, if any.
-
-    Every exit would present the same certificate, so sending again cannot help: the caller's
-    trust store lacks the CA (or the site's certificate is bad).
-    """
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        cur = stack.pop()
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(
-            cur, ssl.SSLCertVerificationError
-        ) or "CERTIFICATE_VERIFY_FAILED" in _safe_str(cur):
-            return cur
-        stack.extend(
-            e
-            for e in (cur.__cause__, cur.__context__, getattr(cur, "reason", None))
-            if isinstance(e, BaseException)
-        )
-        stack.extend(a for a in getattr(cur, "args", ()) if isinstance(a, BaseException))
-    return None
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not break classification
-        return ""
-
-
-def _classify_exception(exc: BaseException) -> Outcome:
-    tls = tls_failure(exc)
-    if tls is not None:
-        error = ConfigurationError(
-            "the target's TLS certificate could not be verified through the gateway "
-            f"({type(tls).__name__}); pass the CA bundle that signs it (verify=...) — "
-            "retrying through other exits cannot help",
-            param="verify",
-        )
-        error.__cause__ = tls
-        return Outcome("tls_error", error=error)
-    names = [cls.__name__.lower() for cls in type(exc).__mro__]
-    proxy = any("proxy" in n or "tunnel" in n for n in names)
-    if proxy:
-        # A failed CONNECT: httpx.ProxyError, requests' ProxyError, Scrapy's TunnelError carry
-        # the gateway's status in their message but not its headers.
-        status = _status_of(exc)
-        if status is not None:
-            if status == 407:
-                return _gateway_answer(status, protocol.ERROR_AUTH_FAILED, None)
-            if status == 400:
-                return _gateway_answer(status, protocol.ERROR_BAD_TARGETING, None)
-            if status == 403:
-                out = _gateway_answer(status, protocol.ERROR_SOURCE_NOT_ALLOWED, None)
-                return Outcome(
-                    out.kind,
-                    error=SourceNotAllowedError(
-                        "the gateway refused the CONNECT with 403: this machine's address is "
-                        "not on the allowlist, or ASN targeting needs the Growth plan",
-                        status=403,
-                        error=None,
-                    ),
-                    status=403,
-                )
-            if status == 504:
-                return Outcome("timeout", retry=True, status=status)
-            if status >= 500:
-                return Outcome("exit_failure", retry=True, status=status)
-    if any("timeout" in n for n in names):
-        return Outcome("timeout", retry=True)
-    return Outcome("connection_error", retry=True)
