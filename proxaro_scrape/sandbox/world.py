@@ -1,10 +1,12 @@
 """The sandbox world: a deterministic synthetic Proxaro account, pool and gateway state.
 
 One :class:`World` is shared by the sandbox's API emulator, its gateway and its demo site.
-Everything in it is generated from a seed, so two sandboxes with the same seed agree on every
-country, ASN, exit, order and credential.  Time is read from a :class:`Clock` that tests and
-demos may speed up or advance, so that grace periods, sticky-session lifetimes and webhook
-backoff never make a test sleep for real minutes.
+Everything in it is generated from a seed (:mod:`proxaro_scrape.sandbox._generate`), so two
+sandboxes with the same seed agree on every country, ASN, exit, order and credential.  Time is
+read from a :class:`Clock` (:mod:`proxaro_scrape.sandbox._clock`) that tests and demos may
+speed up or advance, so that grace periods, sticky-session lifetimes and webhook backoff never
+make a test sleep for real minutes.  The records it holds are the plain dataclasses of
+:mod:`proxaro_scrape.sandbox._model`, re-exported here.
 
 The world is mutated only on the sandbox's event loop (the API controls, the gateway and the
 site all run there), so it needs no locks.
@@ -12,271 +14,71 @@ site all run there), so it needs no locks.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import random
 import string
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from proxaro_scrape import protocol
-from proxaro_scrape.sandbox import _data
+from proxaro_scrape.sandbox._clock import Clock, iso
+from proxaro_scrape.sandbox._generate import generate_orders, generate_pool, generate_usage
+from proxaro_scrape.sandbox._model import (
+    ASN_PLANS,
+    GIB,
+    HEALTH_VALUES,
+    KEY_SCOPES,
+    PLAN_IDS,
+    PLANS,
+    RATE_LIMITS,
+    Account,
+    AllowlistEntry,
+    ApiKey,
+    Asn,
+    Country,
+    Credentials,
+    Event,
+    Exit,
+    Happening,
+    Knobs,
+    Order,
+    SessionRecord,
+    WebhookAttempt,
+    WebhookEndpoint,
+    slug,
+)
 
-PLANS: list[dict[str, object]] = [
-    {"id": "starter", "name": "Starter", "price_usd": 29, "bandwidth_gb": 5},
-    {"id": "growth", "name": "Growth", "price_usd": 99, "bandwidth_gb": 25},
-    {"id": "scale", "name": "Scale", "price_usd": 299, "bandwidth_gb": 100},
-    {"id": "network", "name": "Network", "price_usd": None, "bandwidth_gb": None},
+__all__ = [
+    "ASN_PLANS",
+    "GIB",
+    "HEALTH_VALUES",
+    "KEY_SCOPES",
+    "PLANS",
+    "PLAN_IDS",
+    "RATE_LIMITS",
+    "Account",
+    "AllowlistEntry",
+    "ApiKey",
+    "Asn",
+    "Clock",
+    "Country",
+    "Credentials",
+    "Event",
+    "Exit",
+    "Happening",
+    "Knobs",
+    "Order",
+    "SessionRecord",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "World",
+    "iso",
+    "slug",
 ]
-PLAN_IDS = tuple(str(p["id"]) for p in PLANS)
-
-#: Requests per minute and burst per plan (reference, "Rate limits").  Network is "custom":
-#: the sandbox gives it the Scale figures times four.
-RATE_LIMITS: dict[str, tuple[int, int]] = {
-    "starter": (60, 120),
-    "growth": (300, 600),
-    "scale": (1200, 2400),
-    "network": (4800, 9600),
-}
-
-#: Plans on which ASN targeting is allowed.
-ASN_PLANS = frozenset({"growth", "scale", "network"})
-
-KEY_SCOPES = ("read_only", "read_write", "admin")
-HEALTH_VALUES = ("healthy", "degraded", "down")
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-GIB = 1024**3
-
-
-class Clock:
-    """World time: real time, optionally sped up, plus any manual advances.
-
-    ``speed`` is world seconds per real second (60 = a minute passes every second).
-    """
-
-    def __init__(self, speed: float = 1.0, start: float | None = None) -> None:
-        self._real0 = time.monotonic()
-        self._world0 = time.time() if start is None else start
-        self._speed = speed
-        self._offset = 0.0
-
-    @property
-    def speed(self) -> float:
-        return self._speed
-
-    @speed.setter
-    def speed(self, value: float) -> None:
-        if value <= 0:
-            raise ValueError("clock speed must be positive")
-        # Re-anchor so that changing the speed does not jump the clock.
-        now = self.now()
-        self._real0 = time.monotonic()
-        self._world0 = now
-        self._offset = 0.0
-        self._speed = value
-
-    def now(self) -> float:
-        """World time as a UNIX timestamp."""
-        return self._world0 + (time.monotonic() - self._real0) * self._speed + self._offset
-
-    def advance(self, seconds: float) -> None:
-        """Move world time forward by ``seconds`` at once."""
-        if seconds < 0:
-            raise ValueError("the clock only moves forward")
-        self._offset += seconds
-
-    def real_seconds(self, world_seconds: float) -> float:
-        """How many real seconds ``world_seconds`` of world time take at the current speed."""
-        return world_seconds / self._speed
-
-    def datetime(self) -> datetime:
-        return datetime.fromtimestamp(self.now(), tz=timezone.utc)
-
-
-def iso(ts: float) -> str:
-    """A UNIX timestamp as the API writes it: ``2026-04-22T14:30:00Z``."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def slug(city: str) -> str:
-    """A city name as the username grammar writes it: ``New York`` → ``new_york``."""
-    return "".join(c if c.isalnum() else "_" for c in city.lower()).strip("_")
-
-
-@dataclass
-class Account:
-    id: str
-    email: str
-    created_at: float
-    plan_id: str
-    period_start: float
-    period_end: float
-
-
-@dataclass
-class ApiKey:
-    key: str
-    account_id: str
-    scope: str = "admin"
-
-
-@dataclass
-class Credentials:
-    id: str
-    gateway: str
-    port: int
-    username: str
-    password: str
-    expires_at: float
-    rotated_at: float | None = None
-    #: (password, accepted until) for passwords replaced by a rotation.
-    previous: list[tuple[str, float]] = field(default_factory=list)
-
-
-@dataclass
-class Asn:
-    asn: str  # "AS7922"
-    org: str
-    exit_class: str
-    pool_health: str = "healthy"
-
-
-@dataclass
-class Country:
-    code: str
-    name: str
-    continent: str
-    exit_classes: list[str]
-    cities: list[str]
-    estimated_pool_size: int
-    pool_health: str = "healthy"
-
-    @property
-    def city_slugs(self) -> list[str]:
-        return [slug(c) for c in self.cities]
-
-
-@dataclass(frozen=True)
-class Exit:
-    """One exit of the pool: what the world reports, and the loopback address it binds."""
-
-    ip: str  # public-looking, reported in X-Proxaro-Exit-IP and /ip
-    bind: str  # 127.x.y.z: the source address of the gateway's outgoing connection
-    country: str
-    asn: str
-    exit_class: str
-    city: str  # slug
-
-
-@dataclass
-class Order:
-    id: str
-    plan_id: str
-    amount_usd: float
-    status: str
-    payment_method: str
-    created_at: float
-    paid_at: float | None
-    account_id: str
-
-
-@dataclass
-class SessionRecord:
-    id: str
-    started_at: float
-    ended_at: float
-    exit_ip: str
-    exit_class: str
-    exit_country: str
-    exit_asn: str
-    bytes_sent: int
-    bytes_recv: int
-
-
-@dataclass
-class AllowlistEntry:
-    id: str
-    cidr: str
-    label: str | None
-    created_at: float
-    account_id: str
-
-
-@dataclass
-class Event:
-    """A webhook event: the payload the sandbox delivers (see README, "Webhook payload")."""
-
-    id: str
-    type: str
-    created_at: float
-    data: dict[str, object]
-
-    def payload(self) -> dict[str, object]:
-        return {
-            "object": "event",
-            "id": self.id,
-            "type": self.type,
-            "created_at": iso(self.created_at),
-            "data": self.data,
-        }
-
-
-@dataclass
-class WebhookEndpoint:
-    id: str
-    url: str
-    events: list[str]
-    label: str | None
-    secret: str
-    created_at: float
-    account_id: str
-
-
-@dataclass
-class WebhookAttempt:
-    id: str
-    webhook_id: str
-    event_id: str
-    event_type: str
-    attempt: int
-    attempted_at: float
-    status: int | None  # HTTP status, or None when no answer came
-    ok: bool
-    error: str | None
-    next_retry_at: float | None
-
-
-@dataclass
-class Knobs:
-    """Behaviour switches that the controls (``/_sandbox/...``) turn for tests and demos."""
-
-    #: Seconds the gateway waits for a target before answering 504 target_timeout.
-    target_timeout: float = 10.0
-    #: Fraction of requests whose exit drops the connection (502 exit_failed), seeded.
-    exit_drop_rate: float = 0.0
-    #: Demo site: requests one client address may make within ``site_ban_window`` seconds
-    #: before it gets 429s, then 403 "banned" pages for ``site_ban_seconds``.
-    site_budget: int = 1_000_000
-    site_ban_window: float = 60.0
-    site_ban_seconds: float = 30.0
-    #: Demo site: extra latency (ms) for paths starting with any of ``site_slow_paths``.
-    site_slow_ms: int = 0
-    site_slow_paths: list[str] = field(default_factory=list)
-    #: API: added latency (ms) and a queue of forced error statuses for the next requests.
-    api_latency_ms: int = 0
-    api_fault_queue: deque[int] = field(default_factory=deque)
-
-
-@dataclass
-class Happening:
-    """One line of the sandbox's own log (``GET /_sandbox/log``): what happened, when."""
-
-    at: float
-    kind: str
-    detail: dict[str, object]
 
 
 class World:
@@ -347,12 +149,14 @@ class World:
             password=self.new_password(),
             expires_at=period_end,
         )
-        self.countries: dict[str, Country] = {}
-        self.asns: dict[str, list[Asn]] = {}
-        self.exits: list[Exit] = []
-        self.exits_by_bind: dict[str, Exit] = {}
-        self._generate_pool(exits_per_asn)
-        self.orders: list[Order] = self._generate_orders(now)
+        pool = generate_pool(seed, exits_per_asn)
+        self.countries: dict[str, Country] = pool.countries
+        self.asns: dict[str, list[Asn]] = pool.asns
+        self.exits: list[Exit] = pool.exits
+        self.exits_by_bind: dict[str, Exit] = pool.exits_by_bind
+        self.orders: list[Order] = generate_orders(
+            seed, self.account, self.other_account, now, self.new_id
+        )
         self.sessions: deque[SessionRecord] = deque(maxlen=5000)
         self.allowlist: list[AllowlistEntry] = [
             # Another account's entry: never visible to, nor removable by, the main account.
@@ -364,8 +168,9 @@ class World:
         self.attempts: list[WebhookAttempt] = []
         self.events: list[Event] = []
         # usage[period "YYYY-MM"][("class"|"country", value)] = bytes
-        self.usage: dict[str, dict[tuple[str, str], int]] = {}
-        self._seed_usage(start)
+        self.usage: dict[str, dict[tuple[str, str], int]] = generate_usage(
+            seed, start, self.cap_bytes()
+        )
         self._thresholds_fired: set[str] = set()
 
     # ---------------------------------------------------------------- ids and secrets
@@ -385,6 +190,7 @@ class World:
         return "".join(self.rng.choice("0123456789abcdef") for _ in range(n))
 
     def new_password(self) -> str:
+        """A gateway password: three groups of five letters or digits joined by ``-``, plus one."""
         alphabet = string.ascii_letters + string.digits
         parts = ["".join(self.rng.choice(alphabet) for _ in range(5)) for _ in range(3)]
         return "-".join(parts) + self.rng.choice(alphabet)
@@ -399,144 +205,15 @@ class World:
         self.keys[key] = ApiKey(key, account_id or self.account.id, scope)
         return key
 
-    # ---------------------------------------------------------------- generation
-
-    def _generate_pool(self, exits_per_asn: int) -> None:
-        rng = random.Random(self.seed * 7919 + 17)
-        for ci, (code, name, continent, classes, cities, pool_k) in enumerate(_data.COUNTRIES):
-            country = Country(
-                code=code,
-                name=name,
-                continent=continent,
-                exit_classes=list(classes),
-                cities=list(cities),
-                estimated_pool_size=pool_k * 1000 + rng.randrange(1000),
-            )
-            self.countries[code] = country
-            known = _data.ASNS.get(code)
-            if known is None:
-                known = [
-                    (f"AS{rng.randrange(10_000, 270_000)}", f"{name} {suffix}", cls)
-                    for cls, suffix in zip(
-                        classes, ("Telecom", "Broadband", "Mobile", "Wireless", "Hosting")
-                    )
-                ]
-            asns = [
-                Asn(asn, org, cls, "degraded" if asn in _data.DEGRADED_AT_START else "healthy")
-                for asn, org, cls in known
-            ]
-            self.asns[code] = asns
-            for ai, a in enumerate(asns):
-                for ei in range(exits_per_asn):
-                    bind = f"127.{ci + 1}.{ai + 1}.{ei + 1}"
-                    ip = self._public_ip(rng)
-                    city = slug(cities[(ai + ei) % len(cities)])
-                    ex = Exit(
-                        ip=ip,
-                        bind=bind,
-                        country=code,
-                        asn=a.asn,
-                        exit_class=a.exit_class,
-                        city=city,
-                    )
-                    self.exits.append(ex)
-                    self.exits_by_bind[bind] = ex
-            # Every country exit class must have an exit, so that class targeting can succeed.
-            missing = [c for c in classes if c not in {a.exit_class for a in asns}]
-            for cls in missing:
-                a = Asn(f"AS{rng.randrange(10_000, 270_000)}", f"{name} {cls.title()}", cls)
-                asns.append(a)
-                ai = len(asns) - 1
-                for ei in range(exits_per_asn):
-                    bind = f"127.{ci + 1}.{ai + 1}.{ei + 1}"
-                    ex = Exit(
-                        self._public_ip(rng), bind, code, a.asn, cls, slug(cities[ei % len(cities)])
-                    )
-                    self.exits.append(ex)
-                    self.exits_by_bind[bind] = ex
-
-    @staticmethod
-    def _public_ip(rng: random.Random) -> str:
-        while True:
-            addr = ipaddress.IPv4Address(rng.randrange(1 << 24, 224 << 24))
-            if addr.is_global:
-                return str(addr)
-
-    def _generate_orders(self, now: float) -> list[Order]:
-        rng = random.Random(self.seed * 31 + 5)
-        prices = {"starter": 29.0, "growth": 99.0, "scale": 299.0}
-        orders = []
-        t = self.account.created_at
-        statuses = ["paid"] * 8 + ["cancelled", "expired"]
-        while t < now - 86400:
-            status = rng.choice(statuses)
-            plan = self.account.plan_id if self.account.plan_id in prices else "growth"
-            created = t + rng.randrange(3600)
-            orders.append(
-                Order(
-                    id=self.new_id("ord"),
-                    plan_id=plan,
-                    amount_usd=prices[plan],
-                    status=status,
-                    payment_method=rng.choice(["card_c2c", "card", "wire"]),
-                    created_at=created,
-                    paid_at=created + rng.randrange(10, 300) if status == "paid" else None,
-                    account_id=self.account.id,
-                )
-            )
-            t += 30 * 86400 / 3  # a few orders a month: long enough history to paginate
-        orders.append(
-            Order(
-                self.new_id("ord"),
-                "scale",
-                299.0,
-                "pending",
-                "card",
-                now - 3600,
-                None,
-                self.account.id,
-            )
-        )
-        orders.append(
-            Order(
-                self.new_id("ord"),
-                "starter",
-                29.0,
-                "paid",
-                "card",
-                now - 7200,
-                now - 7100,
-                self.other_account.id,
-            )
-        )
-        orders.sort(key=lambda o: o.created_at, reverse=True)
-        return orders
-
-    def _seed_usage(self, start: datetime) -> None:
-        rng = random.Random(self.seed * 13 + 3)
-        cap = self.cap_bytes() or 25 * GIB
-        for months_back, fraction in ((1, 0.71), (0, 0.19)):
-            y, m = start.year, start.month - months_back
-            if m <= 0:
-                y, m = y - 1, m + 12
-            period = f"{y:04d}-{m:02d}"
-            total = int(cap * fraction)
-            split = {"residential": 0.62, "isp": 0.26, "mobile_4g": 0.09, "mobile_5g": 0.03}
-            bucket = self.usage.setdefault(period, {})
-            for cls, share in split.items():
-                bucket[("class", cls)] = int(total * share)
-            countries = ["us", "gb", "de", "fr", "jp"]
-            weights = [rng.random() + 0.2 for _ in countries]
-            for code, w in zip(countries, weights):
-                bucket[("country", code)] = int(total * w / sum(weights))
-
     # ---------------------------------------------------------------- plan and account
 
     @property
     def plan(self) -> dict[str, object]:
+        """The account's plan, as ``GET /v1/plans`` lists it."""
         return next(p for p in PLANS if p["id"] == self.account.plan_id)
 
     def set_plan(self, plan_id: str) -> None:
+        """Move the account to another plan (a control; ``ValueError`` for an unknown one)."""
         if plan_id not in PLAN_IDS:
             raise ValueError(f"unknown plan {plan_id!r}; expected one of {', '.join(PLAN_IDS)}")
         self.account.plan_id = plan_id
@@ -547,6 +224,7 @@ class World:
         return self.account.plan_id in ASN_PLANS
 
     def cap_bytes(self) -> int | None:
+        """The plan's monthly bandwidth in bytes (``None``: no cap, the Network plan)."""
         gb = self.plan["bandwidth_gb"]
         return None if gb is None else int(gb) * GIB  # type: ignore[call-overload]
 
@@ -568,8 +246,6 @@ class World:
 
     def check_gateway_auth(self, username_base: str, password: str) -> bool:
         """Is this (base username, password) accepted by the gateway right now?"""
-        import hmac
-
         cred = self.credentials
         if not hmac.compare_digest(username_base.encode(), cred.username.encode()):
             return False
@@ -586,6 +262,7 @@ class World:
     # ---------------------------------------------------------------- pool
 
     def set_country_health(self, code: str, health: str) -> None:
+        """Take a country's whole pool down, or bring it back (``healthy`` / ``down``)."""
         if code not in self.countries:
             raise KeyError(code)
         if health not in ("healthy", "down"):
@@ -603,6 +280,7 @@ class World:
         return None
 
     def set_asn_health(self, asn: str, health: str) -> None:
+        """Set one ASN's ``pool_health`` (``healthy``, ``degraded`` or ``down``)."""
         found = self.find_asn(asn)
         if found is None:
             raise KeyError(asn)
@@ -638,6 +316,7 @@ class World:
         return out
 
     def asn_health(self, asn: str) -> str:
+        """An ASN's ``pool_health``; an unknown ASN is ``down``."""
         found = self.find_asn(asn)
         return found[1].pool_health if found else "down"
 
@@ -661,6 +340,7 @@ class World:
     # ---------------------------------------------------------------- accounting
 
     def period_key(self, ts: float | None = None) -> str:
+        """The billing period (``YYYY-MM``) of ``ts``, by default of world time now."""
         d = datetime.fromtimestamp(self.clock.now() if ts is None else ts, tz=timezone.utc)
         return f"{d.year:04d}-{d.month:02d}"
 
@@ -683,6 +363,7 @@ class World:
         self._check_thresholds()
 
     def used_bytes(self, period: str | None = None) -> int:
+        """Bytes used in ``period`` (``YYYY-MM``, by default the current one)."""
         bucket = self.usage.get(period or self.period_key(), {})
         return sum(v for (kind, _), v in bucket.items() if kind == "class")
 
@@ -752,6 +433,7 @@ class World:
         self._listeners.append(listener)
 
     def emit(self, type_: str, data: dict[str, object]) -> Event:
+        """Record a webhook event and hand it to every listener (``ValueError`` if unknown)."""
         if type_ not in protocol.WEBHOOK_EVENTS:
             raise ValueError(f"unknown event type {type_!r}")
         ev = Event(self.new_id("evt"), type_, self.clock.now(), data)
@@ -766,5 +448,6 @@ class World:
         self.log.append(Happening(self.clock.now(), kind, dict(detail)))
 
     def happenings(self, kinds: Iterable[str] | None = None) -> list[Happening]:
+        """The sandbox log, oldest first, only of ``kinds`` when given."""
         wanted = set(kinds) if kinds is not None else None
         return [h for h in self.log if wanted is None or h.kind in wanted]
