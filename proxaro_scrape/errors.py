@@ -124,7 +124,12 @@ class APIConnectionError(ProxaroError):
 
 
 class APITimeoutError(APIConnectionError):
-    """The API did not answer in time."""
+    """The API did not answer in time; ``timeout`` is the call's deadline in seconds, when it
+    had one."""
+
+    def __init__(self, message: str, *, timeout: float | None = None) -> None:
+        self.timeout = timeout
+        super().__init__(message)
 
 
 # ---------------------------------------------------------------------------- gateway
@@ -195,3 +200,17 @@ class WebhookSignatureError(WebhookError):
 
 class WebhookPayloadError(WebhookError, ValueError):
     """The body is not a Proxaro event (not JSON, or a bad id, type, created_at or data)."""
+
+
+class WebhookBodyError(WebhookPayloadError):
+    """A webhook body that is not an event Proxaro sends; ``reason`` names the check it failed.
+
+    ``reason`` is one of ``too_large`` (over the receiver's size cap), ``not_utf8``,
+    ``not_json``, ``too_deep`` (nested deeper than an event is), ``not_object``, ``bad_object``,
+    ``bad_id``, ``bad_type``, ``bad_created_at`` or ``bad_data``.  The receiver's 400 answer
+    carries it, so the sender's delivery log says why.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from _api_support import Driver, TinyServer, counters, driver_fixture
 from aiohttp import web
@@ -215,7 +216,9 @@ def test_delete_is_retried(api: Driver, sb: Sandbox) -> None:
 
 
 def test_timeouts_get_retried_rotate_never(api: Driver, sb: Sandbox) -> None:
-    client = api.client(retry_policy=FAST, timeout=0.2)
+    # Reads time out after 0.2 s; the call as a whole may take 20 s (an httpx.Timeout's
+    # largest phase is the call's deadline), room for the retries.
+    client = api.client(retry_policy=FAST, timeout=httpx.Timeout(0.2, pool=20.0))
     sb.control("faults", latency_ms=600)
     sb.control("reset_counters")
     with pytest.raises(APITimeoutError) as err:

@@ -9,7 +9,7 @@ The real code lives in private modules; this is the public surface.
 
 from __future__ import annotations
 
-from proxaro_scrape.api._base import Pacer, RateLimit, RetryPolicy
+from proxaro_scrape.api._base import RetryPolicy
 from proxaro_scrape.api._client import AsyncProxaro, Proxaro
 from proxaro_scrape.api._models import (
     Account,
@@ -31,6 +31,7 @@ from proxaro_scrape.api._models import (
     Webhook,
     WebhookAttempt,
 )
+from proxaro_scrape.api._ratelimit import Pacer, RateLimit
 from proxaro_scrape.api._resources import AsyncPaginator, SyncPaginator
 
 __all__ = [

@@ -16,20 +16,20 @@ import logging
 import math
 import os
 import random
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any, Generic, TypeVar
 
 import httpx
 import tenacity
+import tenacity.stop
 
 from proxaro_scrape import protocol
 from proxaro_scrape._secrets import Secret
 from proxaro_scrape.api import _validate
+from proxaro_scrape.api._ratelimit import Pacer, parse_rate_limit
 from proxaro_scrape.errors import (
     APIConnectionError,
     APIError,
@@ -52,6 +52,7 @@ logger = logging.getLogger("proxaro_scrape.api")
 
 ENV_API_KEY = "PROXARO_API_KEY"
 ENV_BASE_URL = "PROXARO_BASE_URL"
+ENV_ALLOW_INSECURE_HTTP = "PROXARO_ALLOW_INSECURE_HTTP"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RETRIES = 2
 
@@ -162,14 +163,33 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def connection_error(exc: httpx.TransportError, method: str, url: str) -> APIConnectionError:
-    """The exception for a request that got no answer (httpx's message has no headers)."""
+def connection_error(
+    exc: httpx.TransportError, method: str, url: str, *, deadline: float | None = None
+) -> APIConnectionError:
+    """The exception for a request that got no answer (httpx's message has no headers).
+
+    ``deadline`` is the call's whole budget in seconds, named in the message when a timeout is
+    what ended it.
+    """
     what = f"{method} {url}"
     if isinstance(exc, httpx.TimeoutException):
         phase = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting"
-        return APITimeoutError(f"The Proxaro API timed out ({phase}) on {what}: {exc}")
+        budget = f" within its {deadline:g} s timeout" if deadline is not None else ""
+        return APITimeoutError(
+            f"The Proxaro API timed out ({phase}) on {what}{budget}: {exc}",
+            timeout=deadline,
+        )
     return APIConnectionError(
         f"Could not reach the Proxaro API on {what}: {type(exc).__name__}: {exc}"
+    )
+
+
+def deadline_error(method: str, url: str, deadline: float) -> APITimeoutError:
+    """The exception for a call whose deadline passed between two steps (pacing, a retry)."""
+    return APITimeoutError(
+        f"The Proxaro API call {method} {url} did not finish within its {deadline:g} s timeout "
+        "(connecting, sending, reading and retries included)",
+        timeout=deadline,
     )
 
 
@@ -182,7 +202,9 @@ class RetryPolicy:
 
     Exponential backoff ``initial_backoff * 2**(attempt-1)`` capped at ``max_backoff``, minus up
     to ``jitter`` of itself at random so that many clients do not retry in step.  A server's
-    ``Retry-After`` is honoured as given, capped at ``max_retry_after``.
+    ``Retry-After`` is honoured as given, capped at ``max_retry_after``; every wait also has to
+    fit in what is left of the call's deadline (the client's ``timeout``), else the call fails
+    at once instead of sleeping.
     """
 
     initial_backoff: float = 0.5
@@ -191,17 +213,21 @@ class RetryPolicy:
     jitter: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("initial_backoff", "max_backoff", "max_retry_after"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-                raise ConfigurationError(f"{name} must be a number >= 0", param=name)
-        if not 0 <= self.jitter <= 1:
-            raise ConfigurationError("jitter must be from 0 to 1", param="jitter")
+        for name in ("initial_backoff", "max_backoff", "max_retry_after", "jitter"):
+            _validate.number(getattr(self, name), name, minimum=0.0)
+        if self.jitter > 1:
+            raise ConfigurationError(
+                f"jitter must be from 0 to 1, got {self.jitter!r}", param="jitter"
+            )
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Everything a client needs to build requests; resolved once, at construction."""
+    """Everything a client needs to build requests; resolved once, at construction.
+
+    ``deadline`` is the most one call may take, in seconds: connecting, sending, every read,
+    the backoff between retries and any ``Retry-After`` wait included (``None``: no limit).
+    """
 
     api_key: Secret | None
     base_url: str
@@ -211,10 +237,29 @@ class ClientConfig:
     retry_policy: RetryPolicy
     pacer: Pacer | None
     headers: Mapping[str, str] = field(default_factory=dict)
+    deadline: float | None = None
 
     @property
     def is_test(self) -> bool:
         return self.api_key is not None and self.api_key.reveal().startswith("proxaro_test_")
+
+
+def _resolve_timeout(timeout: float | httpx.Timeout | None) -> tuple[httpx.Timeout, float | None]:
+    """The per-phase httpx timeout and the call's deadline.
+
+    A number is both: no phase waits longer, and the whole call ends by then.  An
+    ``httpx.Timeout`` keeps its phases, and the call's deadline is the largest of them (all
+    ``None``: no deadline, as asked).
+    """
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT
+    if isinstance(timeout, httpx.Timeout):
+        phases = [v for v in timeout.as_dict().values() if v is not None]
+        for value in phases:
+            _validate.number(value, "timeout", minimum=0.0, strict=True)
+        return timeout, max(phases) if phases else None
+    seconds = _validate.number(timeout, "timeout", minimum=0.0, strict=True, what="seconds")
+    return httpx.Timeout(seconds), seconds
 
 
 def resolve_config(
@@ -227,12 +272,16 @@ def resolve_config(
     retry_policy: RetryPolicy | None,
     pacer: Pacer | None,
     headers: Mapping[str, str] | None,
+    allow_insecure_http: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> ClientConfig:
-    """Arguments first, then ``PROXARO_API_KEY`` / ``PROXARO_BASE_URL``, then the defaults.
+    """Arguments first, then ``PROXARO_API_KEY`` / ``PROXARO_BASE_URL`` /
+    ``PROXARO_ALLOW_INSECURE_HTTP``, then the defaults.
 
     A key that is given (by either) must be well-formed, checked here before any request; a key
     that is missing altogether only fails a call that needs one (``plans.list()`` does not).
+    Plain ``http://`` is refused off loopback unless ``allow_insecure_http`` (or the variable)
+    says so: the key would cross the network in clear text.
     """
     env = os.environ if env is None else env
     key: Secret | None = None
@@ -240,34 +289,40 @@ def resolve_config(
         key = _validate.api_key(api_key, source="api_key")
     elif env.get(ENV_API_KEY) is not None:
         key = _validate.api_key(env[ENV_API_KEY], source=ENV_API_KEY)
+    insecure_ok = _validate.flag(allow_insecure_http, "allow_insecure_http") or (
+        _validate.env_flag(env.get(ENV_ALLOW_INSECURE_HTTP), ENV_ALLOW_INSECURE_HTTP)
+    )
     if base_url is not None:
         url = _validate.base_url(base_url)
+        _validate.insecure_http(url, insecure_ok)
     elif env.get(ENV_BASE_URL):
         url = _validate.base_url(env[ENV_BASE_URL], source=ENV_BASE_URL)
+        _validate.insecure_http(url, insecure_ok, source=ENV_BASE_URL)
     else:
         url = protocol.DEFAULT_BASE_URL
     version = _validate.api_version(
         protocol.DEFAULT_API_VERSION if api_version is None else api_version
     )
-    if timeout is None:
-        timeout = DEFAULT_TIMEOUT
-    if not isinstance(timeout, httpx.Timeout):
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigurationError(
-                f"timeout must be a number of seconds > 0, got {timeout!r}", param="timeout"
-            )
-        timeout = httpx.Timeout(float(timeout))
+    http_timeout, deadline = _resolve_timeout(timeout)
     if pacer is not None and not isinstance(pacer, Pacer):
-        raise ConfigurationError("pacer must be a proxaro_scrape.Pacer", param="pacer")
+        raise ConfigurationError(
+            f"pacer must be a proxaro_scrape.Pacer, got {type(pacer).__name__}", param="pacer"
+        )
+    if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+        raise ConfigurationError(
+            f"retry_policy must be a proxaro_scrape.RetryPolicy, got {type(retry_policy).__name__}",
+            param="retry_policy",
+        )
     return ClientConfig(
         api_key=key,
         base_url=url,
         api_version=version,
-        timeout=timeout,
+        timeout=http_timeout,
         max_retries=_validate.max_retries(max_retries),
         retry_policy=retry_policy or RetryPolicy(),
         pacer=pacer,
-        headers=dict(headers or {}),
+        headers=_validate.headers(headers),
+        deadline=deadline,
     )
 
 
@@ -447,11 +502,20 @@ def retrying_kwargs(
     config: ClientConfig,
     spec: RequestSpec[Any],
     rng: Callable[[], float] = random.random,
+    *,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """tenacity arguments for one call: the same policy object for ``Retrying`` and
-    ``AsyncRetrying``."""
+    ``AsyncRetrying``.
+
+    ``deadline`` (a ``clock()`` value) is when the call must end: a wait that would not fit in
+    what is left stops the retrying at once, and a ``Retry-After`` that is the cause says so in
+    the error, with the time asked and the time left.
+    """
     policy = config.retry_policy
     idempotent = spec.idempotent
+    attempts = config.max_retries + 1
 
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -461,6 +525,24 @@ def retrying_kwargs(
             policy=policy,
             jitter=rng(),
         )
+
+    class OutOfTime(tenacity.stop.stop_base):
+        def __call__(self, state: tenacity.RetryCallState) -> bool:
+            if deadline is None:
+                return False
+            exc = state.outcome.exception() if state.outcome is not None else None
+            # Retrying before the time the server asked for is wasted, even where the policy
+            # caps the wait (max_retry_after): the whole Retry-After must fit.
+            asked = getattr(exc, "retry_after", None) or 0.0
+            need = max(getattr(state, "upcoming_sleep", 0.0), asked)
+            return bool(need >= deadline - clock())
+
+    def give_up(state: tenacity.RetryCallState) -> Any:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        assert exc is not None  # retrying only follows failures
+        if state.attempt_number < attempts and deadline is not None and config.deadline:
+            _note_deadline(exc, clock_left=deadline - clock(), total=config.deadline)
+        raise exc
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -472,153 +554,30 @@ def retrying_kwargs(
             sleep,
             type(exc).__name__,
             state.attempt_number,
-            config.max_retries + 1,
+            attempts,
         )
 
     return {
-        "stop": tenacity.stop_after_attempt(config.max_retries + 1),
+        "stop": tenacity.stop_after_attempt(attempts) | OutOfTime(),
         "wait": wait,
         "retry": tenacity.retry_if_exception(lambda e: should_retry(e, idempotent=idempotent)),
         "before_sleep": before_sleep,
-        "reraise": True,
+        "retry_error_callback": give_up,
     }
 
 
-# ---------------------------------------------------------------------------- rate limits
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """The last ``X-RateLimit-*`` values the API sent: the per-key sliding 60 s budget."""
-
-    limit: int | None
-    remaining: int | None
-    reset: datetime | None
-    #: When the values were read (UNIX time).
-    observed_at: float = 0.0
-
-    def seconds_until_reset(self, now: float | None = None) -> float | None:
-        """Seconds until ``reset`` (0 when it passed), ``None`` when the API did not say."""
-        if self.reset is None:
-            return None
-        now = time.time() if now is None else now
-        return max(0.0, self.reset.timestamp() - now)
-
-
-def _int_header(headers: Mapping[str, str], name: str) -> int | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value.strip())
-    except ValueError:
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-        return int(number) if math.isfinite(number) else None
-
-
-def parse_rate_limit(headers: Mapping[str, str], *, now: float) -> RateLimit | None:
-    """The ``X-RateLimit-*`` headers, or ``None`` when there are none.  Garbage reads ``None``."""
-    limit = _int_header(headers, "x-ratelimit-limit")
-    remaining = _int_header(headers, "x-ratelimit-remaining")
-    reset_ts = _int_header(headers, "x-ratelimit-reset")
-    if limit is None and remaining is None and reset_ts is None:
-        return None
-    reset = None
-    if reset_ts is not None:
-        try:
-            reset = datetime.fromtimestamp(reset_ts, tz=timezone.utc)
-        except (OverflowError, OSError, ValueError):
-            reset = None
-    return RateLimit(limit=limit, remaining=remaining, reset=reset, observed_at=now)
-
-
-class Pacer:
-    """Client-side pacing that keeps a process under its plan's request budget.
-
-    Off by default.  Share one instance between every client of a process that uses the same
-    key: ``pacer = Pacer(); Proxaro(pacer=pacer); AsyncProxaro(pacer=pacer)``.
-
-    The budget is ``limit`` requests per ``window`` seconds when given, else learned from the
-    API's ``X-RateLimit-Limit`` (per 60 s), times ``headroom`` to leave a margin for other users
-    of the key.  Requests are spread evenly over the window, with at most ``burst`` of them
-    back to back (default: a sixth of the budget, ten seconds' worth), so that the API's burst
-    window is never met either; and never more than the budget in any sliding window.  When
-    the API reports ``Remaining: 0`` the pacer holds requests until ``X-RateLimit-Reset``.
-
-    :meth:`reserve` is pure bookkeeping over the ``now`` it is given (no sleeping): the clients
-    sleep what it returns, the sync one with ``time.sleep``, the async one with ``asyncio.sleep``.
-    """
-
-    def __init__(
-        self,
-        limit: int | None = None,
-        *,
-        window: float = 60.0,
-        headroom: float = 0.9,
-        burst: int | None = None,
-    ) -> None:
-        for name, value in (("limit", limit), ("burst", burst)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ConfigurationError(f"{name} must be an int >= 1", param=name)
-        if not isinstance(window, (int, float)) or not window > 0:
-            raise ConfigurationError("window must be > 0 seconds", param="window")
-        if not isinstance(headroom, (int, float)) or not 0 < headroom <= 1:
-            raise ConfigurationError("headroom must be in (0, 1]", param="headroom")
-        self.limit = limit
-        self.window = float(window)
-        self.headroom = float(headroom)
-        self.burst = burst
-        self._learned: int | None = None
-        self._sent: deque[float] = deque()
-        self._tat = float("-inf")  # GCRA's theoretical arrival time of the next request
-        self._not_before = 0.0
-        self._lock = threading.Lock()
-
-    @property
-    def budget(self) -> int | None:
-        """Requests allowed per window, or ``None`` while unknown (then nothing is delayed)."""
-        base = self.limit or self._learned
-        if base is None:
-            return None
-        return max(1, math.floor(base * self.headroom))
-
-    def reserve(self, now: float) -> float:
-        """Book a slot for one request; return how many seconds to wait before sending it."""
-        with self._lock:
-            slot = max(now, self._not_before)
-            budget = self.budget
-            if budget is not None:
-                interval = self.window / budget
-                burst = min(self.burst or max(1, budget // 6), budget)
-                # Even spacing with a burst tolerance (GCRA)...
-                slot = max(slot, self._tat - (burst - 1) * interval)
-                self._tat = max(self._tat, slot) + interval
-                # ...and never more than `budget` in any sliding window.
-                while len(self._sent) > budget:
-                    self._sent.popleft()
-                if len(self._sent) >= budget:
-                    slot = max(slot, self._sent[-budget] + self.window)
-                if self._sent:
-                    slot = max(slot, self._sent[-1])  # first come, first served: stays sorted
-                self._sent.append(slot)
-            # Sub-microsecond waits are float noise of the arithmetic above, not pacing.
-            wait = slot - now
-            return wait if wait > 1e-6 else 0.0
-
-    def observe(self, rate_limit: RateLimit, now: float) -> None:
-        """Learn from the API's own view: its limit, and a spent budget's reset time."""
-        with self._lock:
-            if rate_limit.limit is not None and rate_limit.limit > 0:
-                self._learned = rate_limit.limit
-            if rate_limit.remaining is not None and rate_limit.remaining <= 0:
-                wait = rate_limit.seconds_until_reset(now)
-                if wait:
-                    self._not_before = max(self._not_before, now + min(wait, self.window))
-
-    def __repr__(self) -> str:
-        return f"Pacer(budget={self.budget}, window={self.window})"
+def _note_deadline(exc: BaseException, *, clock_left: float, total: float) -> None:
+    """Say in ``exc`` why it was not retried: the wait did not fit in the call's deadline."""
+    if not isinstance(exc, APIError):
+        return  # a timeout already says it timed out
+    left = max(clock_left, 0.0)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        note = (
+            f"; the API asked to retry in {retry_after:g} s, more than the {left:.1f} s left of "
+            f"this call's {total:g} s timeout, so it was not retried"
+        )
+    else:
+        note = f"; not retried: {left:.1f} s left of this call's {total:g} s timeout"
+    exc.message += note
+    exc.args = (exc._text(),)

@@ -17,22 +17,25 @@ import httpx
 import tenacity
 
 from proxaro_scrape._secrets import Secret
+from proxaro_scrape.api import _deadline
 from proxaro_scrape.api import _resources as r
 from proxaro_scrape.api._base import (
     DEFAULT_MAX_RETRIES,
     ClientConfig,
-    Pacer,
-    RateLimit,
     RequestSpec,
     RetryPolicy,
     build_request,
     connection_error,
+    deadline_error,
     parse_rate_limit,
     parse_response,
     resolve_config,
     retrying_kwargs,
 )
+from proxaro_scrape.api._deadline import clamp_timeout, deadline_scope, time_left
 from proxaro_scrape.api._models import APIStatus
+from proxaro_scrape.api._ratelimit import Pacer, RateLimit
+from proxaro_scrape.errors import APIConnectionError, ConfigurationError
 
 T = TypeVar("T")
 
@@ -53,6 +56,7 @@ class _ClientBase:
         retry_policy: RetryPolicy | None,
         pacer: Pacer | None,
         default_headers: Mapping[str, str] | None,
+        allow_insecure_http: bool,
     ) -> None:
         self._config = resolve_config(
             api_key,
@@ -63,6 +67,7 @@ class _ClientBase:
             retry_policy=retry_policy,
             pacer=pacer,
             headers=default_headers,
+            allow_insecure_http=allow_insecure_http,
         )
         self._rate_limit: RateLimit | None = None
 
@@ -85,6 +90,44 @@ class _ClientBase:
     def timeout(self) -> httpx.Timeout:
         """The httpx timeout of every request."""
         return self._config.timeout
+
+    @property
+    def deadline(self) -> float | None:
+        """The most one call may take, in seconds, retries included (``None``: no limit)."""
+        return self._config.deadline
+
+    def _start(self, spec: RequestSpec[T]) -> tuple[httpx.Request, float | None]:
+        """The request of ``spec`` and the ``time.monotonic()`` by which the call must end."""
+        request = build_request(self._config, spec)
+        total = self._config.deadline
+        return request, (time.monotonic() + total if total is not None else None)
+
+    def _time_left(self, request: httpx.Request, deadline: float | None) -> float | None:
+        """Seconds left for this attempt, with the request's per-phase timeouts clamped to it;
+        raises when none are left."""
+        left = time_left(deadline)
+        if left is not None and left <= 0:
+            assert self._config.deadline is not None
+            raise deadline_error(request.method, str(request.url), self._config.deadline)
+        request.extensions["timeout"] = clamp_timeout(self._config.timeout, left)
+        return left
+
+    def _pace(self, request: httpx.Request, deadline: float | None) -> float:
+        """Seconds the pacer asks to wait; raises when they do not fit in the deadline."""
+        pacer = self._config.pacer
+        if pacer is None:
+            return 0.0
+        delay = pacer.reserve(time.time())
+        left = time_left(deadline)
+        if left is not None and delay >= left:
+            assert self._config.deadline is not None
+            raise deadline_error(request.method, str(request.url), self._config.deadline)
+        return delay
+
+    def _timed_out(self, exc: httpx.TransportError, request: httpx.Request) -> APIConnectionError:
+        return connection_error(
+            exc, request.method, str(request.url), deadline=self._config.deadline
+        )
 
     @property
     def pacer(self) -> Pacer | None:
@@ -150,6 +193,7 @@ class Proxaro(_ClientBase):
         pacer: Pacer | None = None,
         default_headers: Mapping[str, str] | None = None,
         http_client: httpx.Client | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         super().__init__(
             api_key,
@@ -160,9 +204,15 @@ class Proxaro(_ClientBase):
             retry_policy=retry_policy,
             pacer=pacer,
             default_headers=default_headers,
+            allow_insecure_http=allow_insecure_http,
         )
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=self._config.timeout)
+        if http_client is not None and not isinstance(http_client, httpx.Client):
+            raise ConfigurationError(
+                f"http_client must be an httpx.Client, got {type(http_client).__name__}",
+                param="http_client",
+            )
+        self._http = http_client or _deadline.http_client(self._config.timeout)[0]
         self.account = r.AccountResource(self)
         self.usage = r.UsageResource(self)
         self.orders = r.OrdersResource(self)
@@ -178,20 +228,20 @@ class Proxaro(_ClientBase):
         return self._request(r.status())
 
     def _request(self, spec: RequestSpec[T]) -> T:
-        request = build_request(self._config, spec)
-        retrying = tenacity.Retrying(**retrying_kwargs(self._config, spec))
-        return retrying(self._send_once, request, spec)
+        request, deadline = self._start(spec)
+        retrying = tenacity.Retrying(**retrying_kwargs(self._config, spec, deadline=deadline))
+        return retrying(self._send_once, request, spec, deadline)
 
-    def _send_once(self, request: httpx.Request, spec: RequestSpec[T]) -> T:
-        pacer = self._config.pacer
-        if pacer is not None:
-            delay = pacer.reserve(time.time())
-            if delay > 0:
-                time.sleep(delay)
+    def _send_once(self, request: httpx.Request, spec: RequestSpec[T], deadline: float | None) -> T:
+        delay = self._pace(request, deadline)
+        if delay > 0:
+            time.sleep(delay)
+        self._time_left(request, deadline)
         try:
-            response = self._http.send(request)
+            with deadline_scope(deadline):
+                response = self._http.send(request)
         except httpx.TransportError as exc:
-            raise connection_error(exc, request.method, str(request.url)) from exc
+            raise self._timed_out(exc, request) from exc
         self._observe(response)
         return parse_response(spec, response, key=self._config.api_key)
 
@@ -233,6 +283,7 @@ class AsyncProxaro(_ClientBase):
         pacer: Pacer | None = None,
         default_headers: Mapping[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         super().__init__(
             api_key,
@@ -243,8 +294,14 @@ class AsyncProxaro(_ClientBase):
             retry_policy=retry_policy,
             pacer=pacer,
             default_headers=default_headers,
+            allow_insecure_http=allow_insecure_http,
         )
         self._owns_http = http_client is None
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise ConfigurationError(
+                f"http_client must be an httpx.AsyncClient, got {type(http_client).__name__}",
+                param="http_client",
+            )
         self._http = http_client or httpx.AsyncClient(timeout=self._config.timeout)
         self.account = r.AsyncAccountResource(self)
         self.usage = r.AsyncUsageResource(self)
@@ -261,21 +318,26 @@ class AsyncProxaro(_ClientBase):
         return await self._request(r.status())
 
     async def _request(self, spec: RequestSpec[T]) -> T:
-        request = build_request(self._config, spec)
-        retrying = tenacity.AsyncRetrying(**retrying_kwargs(self._config, spec))
-        result: T = await retrying(self._send_once, request, spec)
+        request, deadline = self._start(spec)
+        retrying = tenacity.AsyncRetrying(**retrying_kwargs(self._config, spec, deadline=deadline))
+        result: T = await retrying(self._send_once, request, spec, deadline)
         return result
 
-    async def _send_once(self, request: httpx.Request, spec: RequestSpec[T]) -> T:
-        pacer = self._config.pacer
-        if pacer is not None:
-            delay = pacer.reserve(time.time())
-            if delay > 0:
-                await asyncio.sleep(delay)
+    async def _send_once(
+        self, request: httpx.Request, spec: RequestSpec[T], deadline: float | None
+    ) -> T:
+        delay = self._pace(request, deadline)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        left = self._time_left(request, deadline)
         try:
-            response = await self._http.send(request)
+            # The whole attempt, however the server spaces its bytes, ends with the deadline.
+            response = await asyncio.wait_for(self._http.send(request), left)
         except httpx.TransportError as exc:
-            raise connection_error(exc, request.method, str(request.url)) from exc
+            raise self._timed_out(exc, request) from exc
+        except asyncio.TimeoutError:
+            assert self._config.deadline is not None
+            raise deadline_error(request.method, str(request.url), self._config.deadline) from None
         self._observe(response)
         return parse_response(spec, response, key=self._config.api_key)
 

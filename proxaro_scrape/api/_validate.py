@@ -8,8 +8,9 @@ I/O, and no message ever echoes an API key (only its shape is described).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -83,21 +84,158 @@ def api_key(value: Any, *, source: str = "api_key") -> Secret:
     return Secret(value)
 
 
+# A base URL is parsed by hand rather than by ``urlsplit``: the standard parser accepts ports
+# past 65535 (httpx then wraps them onto another port), backslashes that browsers read as "/",
+# and whitespace, and each of those would send the key somewhere the user did not write.
+_BASE_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<authority>[^/?#]*)(?P<path>[^?#]*)(?P<rest>.*)",
+    re.DOTALL,
+)
+_HOST_PORT = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*)(?::(?P<port>[^:]*))?")
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?")
+_SEGMENT = re.compile(r"[A-Za-z0-9._~\-]+")
+_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
+MAX_HOST_LENGTH = 253
+#: Where plain http is believed safe: the key never leaves the machine.
+LOOPBACK_NAMES = ("localhost",)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with any ``user:password@`` of a URL replaced by ``****@``, for messages."""
+    return _USERINFO.sub("****@", text)
+
+
+def _bad_url(source: str, what: str, value: str) -> ConfigurationError:
+    return ConfigurationError(f"{source} {what}, got {mask_url(value)!r}", param="base_url")
+
+
+def _check_host(host: str, source: str, value: str) -> str:
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise _bad_url(
+                source, "has a bracketed host that is not an IPv6 address", value
+            ) from None
+        return host.lower()
+    name = host[:-1] if host.endswith(".") else host
+    if not name:
+        raise _bad_url(source, "must be an http:// or https:// URL with a host", value)
+    if len(name) > MAX_HOST_LENGTH or not all(_LABEL.fullmatch(p) for p in name.split(".")):
+        raise _bad_url(source, "has a host that is not a DNS name or an IP address", value)
+    if name.replace(".", "").isdigit():
+        # All digits: only a dotted-quad IPv4 address is unambiguous ("127.1" is not).
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            raise _bad_url(source, "has a host that is not a valid IPv4 address", value) from None
+    return name.lower()
+
+
 def base_url(value: Any, *, source: str = "base_url") -> str:
-    """An ``http(s)://host[:port][/prefix]`` URL without a trailing slash."""
+    """A strict ``http(s)://host[:port][/prefix]``, returned without a trailing slash.
+
+    Refused, with a message that names ``source`` (and never shows a password): another scheme;
+    a user or password (``https://user:pass@host``: the API authenticates with the key, and a
+    password in a URL ends up in logs); a port outside 1..65535 or not written in digits; a host
+    that is neither a DNS name nor an IP address; whitespace, control characters or backslashes
+    anywhere; a query or a fragment; ``.``/``..``/empty path segments or characters a path
+    prefix cannot hold; and a prefix ending in ``/v1`` (the client adds ``/v1/...`` itself).
+    """
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(f"{source} must be a non-empty URL", param="base_url")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    text = value.strip()
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 or c == "\\" for c in text):
+        raise _bad_url(
+            source, "must not contain whitespace, control characters or backslashes", text
+        )
+    m = _BASE_URL.fullmatch(text)
+    if m is None or m["scheme"].lower() not in ("http", "https"):
+        raise _bad_url(source, "must be an http:// or https:// URL with a host", text)
+    scheme, authority, path = m["scheme"].lower(), m["authority"], m["path"]
+    if "@" in authority:
+        raise _bad_url(
+            source,
+            "must not carry a user or password (the API key authenticates; pass it as api_key)",
+            text,
+        )
+    if m["rest"]:
+        raise _bad_url(source, "must not carry a query or fragment", text)
+    hp = _HOST_PORT.fullmatch(authority)
+    if hp is None:
+        raise _bad_url(source, "has a malformed host or port", text)
+    host = _check_host(hp["host"], source, text)
+    port = ""
+    if hp["port"] is not None:
+        if (
+            not hp["port"].isascii()
+            or not hp["port"].isdigit()
+            or not 1 <= int(hp["port"]) <= 65535
+        ):
+            raise _bad_url(source, "must have a port from 1 to 65535", text)
+        port = f":{int(hp['port'])}"
+    segments = path.rstrip("/").split("/")[1:] if path.rstrip("/") else []
+    for segment in segments:
+        if segment in (".", "..") or not _SEGMENT.fullmatch(segment):
+            raise _bad_url(
+                source,
+                "may only have a path prefix of letters, digits and -._~ segments",
+                text,
+            )
+    if segments and segments[-1].lower() == "v1":
+        raise _bad_url(
+            source,
+            "is the API's root, without /v1 (the client adds /v1/... to every request)",
+            text,
+        )
+    return f"{scheme}://{host}{port}{''.join('/' + s for s in segments)}"
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether a URL :func:`base_url` returned names this machine (no name is resolved)."""
+    host = url.split("://", 1)[1].split("/", 1)[0]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_http(url: str, allowed: bool, *, source: str = "base_url") -> None:
+    """Refuse plain ``http://`` off loopback unless ``allowed``: the key would cross the
+    network in clear text."""
+    if url.startswith("http://") and not allowed and not is_loopback_url(url):
         raise ConfigurationError(
-            f"{source} must be an http:// or https:// URL with a host, got {value!r}",
+            f"{source} is plain http:// to a host that is not this machine ({url}): the API "
+            "key would travel in clear text. Use https://, or opt in with "
+            "allow_insecure_http=True (PROXARO_ALLOW_INSECURE_HTTP=1)",
             param="base_url",
         )
-    if parts.query or parts.fragment:
+
+
+def flag(value: Any, param: str) -> bool:
+    """A bool argument (``1`` or ``"yes"`` are not accepted: they hide a typo)."""
+    if not isinstance(value, bool):
         raise ConfigurationError(
-            f"{source} must not carry a query or fragment, got {value!r}", param="base_url"
+            f"{param} must be True or False, got {type(value).__name__} {value!r}", param=param
         )
-    return value.strip().rstrip("/")
+    return value
+
+
+def env_flag(value: str | None, name: str) -> bool:
+    """An environment variable read as a flag: unset, empty, 0/false/no → False; 1/true/yes →
+    True; anything else is refused, naming the variable."""
+    if value is None:
+        return False
+    text = value.strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(f"{name} must be 1/true/yes or 0/false/no, got {value!r}", param=name)
 
 
 def api_version(value: Any) -> str:
@@ -117,6 +255,68 @@ def max_retries(value: Any) -> int:
             f"max_retries must be an int >= 0, got {value!r}", param="max_retries"
         )
     return value
+
+
+def number(
+    value: Any,
+    param: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+    what: str = "a number",
+) -> float:
+    """A finite int or float (never a bool) from ``minimum`` (excluded when ``strict``) to
+    ``maximum``, as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"{param} must be {what}, got {type(value).__name__} {value!r}", param=param
+        )
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{param} must be finite, got {value!r}", param=param)
+    low_ok = minimum is None or (value > minimum if strict else value >= minimum)
+    if not low_ok or (maximum is not None and value > maximum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        if maximum is not None:
+            bound += f" and <= {maximum:g}"
+        raise ConfigurationError(f"{param} must be {bound}, got {value!r}", param=param)
+    return float(value)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Headers the client writes itself; a default header cannot replace them.
+RESERVED_HEADERS = frozenset({"authorization", "x-api-version", "host", "content-length"})
+
+
+def headers(value: Any) -> dict[str, str]:
+    """``default_headers``: a mapping of header names to str values, neither holding a line
+    break (a header split in two is a request smuggled in)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"default_headers must be a mapping of str to str, got {type(value).__name__}",
+            param="default_headers",
+        )
+    out: dict[str, str] = {}
+    for name, val in value.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"default_headers has a name that is not an HTTP header name: {name!r}",
+                param="default_headers",
+            )
+        if name.lower() in RESERVED_HEADERS:
+            raise ConfigurationError(
+                f"default_headers cannot set {name}: the client writes it (api_key=, api_version=)",
+                param="default_headers",
+            )
+        if not isinstance(val, str) or any(c in val for c in "\r\n\0"):
+            raise ConfigurationError(
+                f"default_headers[{name!r}] must be a str without line breaks",
+                param="default_headers",
+            )
+        out[name] = val
+    return out
 
 
 def limit(value: Any, maximum: int, param: str = "limit") -> int | None:
