@@ -21,12 +21,15 @@ from proxaro_scrape._secrets import Secret
 from proxaro_scrape.errors import (
     ConfigurationError,
     ProxaroError,
+    WebhookBodyError,
     WebhookPayloadError,
     WebhookSignatureError,
 )
 from proxaro_scrape.sandbox.world import World
 from proxaro_scrape.webhooks import (
     MANAGER_EVENTS,
+    MAX_BODY_BYTES,
+    MAX_DEPTH,
     EventDeduplicator,
     WebhookEvent,
     WebhookReceiver,
@@ -184,7 +187,7 @@ def test_parse_matches_the_sandbox_payload_for_every_event_type() -> None:
     for pct in (80, 100):
         usage = by_type[f"usage.threshold.{pct}"].usage
         assert usage is not None and usage.threshold == pct
-        assert usage.cap_bytes == world.cap_bytes()
+        assert usage.cap_bytes is not None and usage.cap_bytes == world.cap_bytes()
         assert usage.total_bytes is not None and usage.total_bytes >= usage.cap_bytes * pct / 100
 
     order = by_type["order.paid"].order
@@ -406,7 +409,7 @@ async def test_receiver_with_old_and_new_secret_and_path(
     tls: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     server_ctx, client_ctx = tls
-    seen: list[str] = []
+    seen: list[WebhookEvent] = []
     receiver = WebhookReceiver([OTHER, SECRET], path="/hooks/nb")
     receiver.on("*", seen.append, inline=True)
     async with receiver.serve(ssl_context=server_ctx):
@@ -475,11 +478,323 @@ async def test_asgi_app() -> None:
         assert r.status_code == 400 and r.json()["error"] == "missing_signature"
         r = await http.get("/")
         assert r.status_code == 405
+        # Over the cap: the named 400 every refused body gets (it was 413 before issue 16).
         big = b"x" * (receiver.max_body_bytes + 1)
         r = await http.post("/", content=big, headers=signed(big))
-        assert r.status_code == 413
+        assert r.status_code == 400
+        assert r.json()["error"] == "invalid_payload" and r.json()["reason"] == "too_large"
     await receiver.drain(5)
     assert seen == ["evt_01"]
+
+
+# ---------------------------------------------------------------------------- hostile bodies
+#
+# Issue 16 A: whatever the body, correctly signed or not, the receiver answers a named 400,
+# never a 500 (a RecursionError from deep nesting used to escape as one), runs no handler and
+# leaves the deduplicator and the acceptance counters as they were.  Both sides of every bound.
+
+HEAD = b'{"object":"event","id":"evt_h","type":"order.paid","created_at":"2026-04-22T14:30:00Z"'
+
+
+def raw_event(**fields: Any) -> bytes:
+    """An event body with ``fields`` replaced; a field given as ``...`` is left out."""
+    payload: dict[str, Any] = json.loads(event_body("evt_h", "order.paid", object="order"))
+    for key, value in fields.items():
+        if value is ...:
+            payload.pop(key)
+        else:
+            payload[key] = value
+    return json.dumps(payload).encode()
+
+
+def nested_event(depth: int) -> bytes:
+    """An event whose nesting is exactly ``depth`` (the event object is 1, ``data`` is 2)."""
+    data: dict[str, Any] = {}
+    for _ in range(depth - 2):
+        data = {"x": data}
+    return raw_event(data=data)
+
+
+def sized_event(size: int) -> bytes:
+    """A valid event of exactly ``size`` bytes (padded inside ``data``)."""
+    base = raw_event(data={"pad": ""})
+    body = raw_event(data={"pad": "x" * (size - len(base))})
+    assert len(body) == size
+    return body
+
+
+CAP = MAX_BODY_BYTES
+DEEP = 100_000  # far past the C decoder's recursion limit: the RecursionError path
+
+HOSTILE_BODIES = [
+    # too_large: over the cap, checked before the signature and before any parsing
+    pytest.param(sized_event(CAP + 1), "too_large", id="cap+1-byte"),
+    pytest.param(b"x" * (10 * CAP), "too_large", id="ten-times-the-cap"),
+    # not_utf8: json.loads(bytes) would have guessed UTF-16 or UTF-32 and accepted some
+    pytest.param(b"\xff\xfe", "not_utf8", id="bare-bom-bytes"),
+    pytest.param(event_body().decode().encode("utf-16"), "not_utf8", id="utf-16-event"),
+    # ASCII in UTF-32 is valid UTF-8 full of NULs: read as UTF-8, it is simply not JSON.
+    pytest.param(event_body().decode().encode("utf-32-le"), "not_json", id="utf-32-event"),
+    pytest.param(raw_event(data={"n": "é"}).replace(b"\\u00e9", b"\xe9"), "not_utf8", id="latin-1"),
+    pytest.param(HEAD + b',"data":{"s":"\xed\xa0\x80"}}', "not_utf8", id="encoded-surrogate"),
+    # not_json
+    pytest.param(b"", "not_json", id="empty"),
+    pytest.param(b"{nope", "not_json", id="syntax"),
+    pytest.param(event_body() + b"x", "not_json", id="trailing-garbage"),
+    pytest.param(b"\xef\xbb\xbf" + event_body(), "not_json", id="utf-8-bom"),
+    pytest.param(HEAD + b',"data":{"v":NaN}}', "not_json", id="NaN"),
+    pytest.param(HEAD + b',"data":{"v":-Infinity}}', "not_json", id="Infinity"),
+    pytest.param(HEAD + b',"data":{"v":1e999}}', "not_json", id="float-overflow"),
+    pytest.param(HEAD + b',"data":{"v":' + b"9" * 5000 + b"}}", "not_json", id="5000-digits"),
+    pytest.param(HEAD + b',"id":"evt_other","data":{}}', "not_json", id="duplicate-id-key"),
+    # too_deep
+    pytest.param(nested_event(MAX_DEPTH + 1), "too_deep", id="cap+1-levels"),
+    pytest.param(HEAD + b',"data":' + b"[" * DEEP + b"]" * DEEP + b"}", "too_deep", id="deep-list"),
+    pytest.param(b"[" * DEEP + b"]" * DEEP, "too_deep", id="deep-top-level"),
+    pytest.param(
+        HEAD + b',"data":' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}",
+        "too_deep",
+        id="deep-objects",
+    ),
+    # not_object
+    pytest.param(b"[1, 2]", "not_object", id="array"),
+    pytest.param(b'"event"', "not_object", id="string"),
+    pytest.param(b"3", "not_object", id="number"),
+    pytest.param(b"null", "not_object", id="null"),
+    pytest.param(b"true", "not_object", id="boolean"),
+    pytest.param(raw_event(object="list"), "bad_object", id="object-list"),
+    # bad_id
+    pytest.param(raw_event(id=...), "bad_id", id="id-missing"),
+    pytest.param(raw_event(id=""), "bad_id", id="id-empty"),
+    pytest.param(raw_event(id=12), "bad_id", id="id-int"),
+    pytest.param(raw_event(id=None), "bad_id", id="id-null"),
+    pytest.param(raw_event(id=["evt_1"]), "bad_id", id="id-list"),
+    pytest.param(raw_event(id="evt 1"), "bad_id", id="id-space"),
+    pytest.param(raw_event(id="evt_1\nforged log line"), "bad_id", id="id-newline"),
+    pytest.param(raw_event(id="evt_é"), "bad_id", id="id-non-ascii"),
+    pytest.param(raw_event(id="e" * 256), "bad_id", id="id-256-chars"),
+    # bad_type
+    pytest.param(raw_event(type=...), "bad_type", id="type-missing"),
+    pytest.param(raw_event(type=""), "bad_type", id="type-empty"),
+    pytest.param(raw_event(type=3), "bad_type", id="type-int"),
+    pytest.param(raw_event(type="*"), "bad_type", id="type-wildcard"),
+    pytest.param(raw_event(type="order.paid\n"), "bad_type", id="type-newline"),
+    pytest.param(raw_event(type="../../etc"), "bad_type", id="type-slashes"),
+    pytest.param(raw_event(type="t" * 101), "bad_type", id="type-101-chars"),
+    # bad_created_at
+    pytest.param(raw_event(created_at=...), "bad_created_at", id="created-missing"),
+    pytest.param(raw_event(created_at="yesterday"), "bad_created_at", id="created-word"),
+    pytest.param(raw_event(created_at=1713796200), "bad_created_at", id="created-number"),
+    pytest.param(
+        raw_event(created_at="0001-01-01T00:00:00+01:00"),
+        "bad_created_at",
+        id="created-before-datetime-min",
+    ),
+    pytest.param(
+        raw_event(created_at="2026-04-22T14:30:00" + "0" * 46),
+        "bad_created_at",
+        id="created-65-chars",
+    ),
+    # bad_data
+    pytest.param(raw_event(data=...), "bad_data", id="data-missing"),
+    pytest.param(raw_event(data=[]), "bad_data", id="data-array"),
+    pytest.param(raw_event(data="order"), "bad_data", id="data-string"),
+    pytest.param(raw_event(data=None), "bad_data", id="data-null"),
+]
+
+
+def receiver_with_every_kind_of_handler(calls: list[Any]) -> WebhookReceiver:
+    receiver = WebhookReceiver(SECRET)
+
+    async def in_loop(event: WebhookEvent) -> None:
+        calls.append(("async", event.id))
+
+    receiver.on("*", in_loop)
+    receiver.on("*", lambda e: calls.append(("thread", e.id)))
+    receiver.on("*", lambda e: calls.append(("inline", e.id)), inline=True)
+    receiver.on("order.paid", lambda e: calls.append(("typed", e.id)), inline=True)
+    return receiver
+
+
+@pytest.mark.parametrize(("body", "reason"), HOSTILE_BODIES)
+async def test_hostile_body_is_a_named_400_with_nothing_run(body: bytes, reason: str) -> None:
+    calls: list[Any] = []
+    receiver = receiver_with_every_kind_of_handler(calls)
+    # One real event first, so the deduplicator and the counters hold something to keep.
+    assert receiver.accept(BODY, GOOD)[0] == 200
+    await receiver.drain(5)
+    assert len(calls) == 3
+    calls.clear()
+    before, remembered = receiver.stats(), len(receiver.dedupe)
+
+    status, answer = receiver.accept(body, compute_signature(body, SECRET))
+
+    assert status == 400
+    assert answer["error"] == "invalid_payload" and answer["reason"] == reason
+    assert 0 < len(answer["message"]) < 200  # names the problem, never echoes the body
+    json.dumps(answer)  # what the servers send back must be JSON
+    await receiver.drain(5)
+    assert calls == []
+    after = receiver.stats()
+    changed = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    assert changed == {"received": 1, "invalid_payload": 1}
+    assert len(receiver.dedupe) == remembered and "evt_01" in receiver.dedupe
+    await receiver.close()
+
+    # The same verdict as an exception, for receivers in other frameworks.
+    with pytest.raises(WebhookBodyError) as info:
+        verify_event(body, compute_signature(body, SECRET), SECRET)
+    assert info.value.reason == reason
+    assert isinstance(info.value, WebhookPayloadError) and isinstance(info.value, ProxaroError)
+
+
+ACCEPTED_AT_THE_BOUND = [
+    pytest.param(sized_event(CAP), id="exactly-the-cap"),
+    pytest.param(nested_event(MAX_DEPTH), id="exactly-max-depth"),
+    pytest.param(raw_event(id="e" * 255), id="id-255-chars"),
+    pytest.param(raw_event(id="evt_!~"), id="id-printable-punctuation"),
+    pytest.param(raw_event(type="t" * 100), id="type-100-chars-unknown"),
+    pytest.param(raw_event(created_at="2026-04-22T16:30:00+02:00"), id="created-offset"),
+    pytest.param(raw_event(created_at="9999-12-31T23:59:59Z"), id="created-datetime-max"),
+    pytest.param(raw_event(data={}), id="data-empty"),
+    pytest.param(raw_event(data={"n": "é", "big": 10**300, "f": 1e308}), id="utf-8-big-numbers"),
+    pytest.param(raw_event(object=...), id="object-absent"),
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED_AT_THE_BOUND)
+async def test_body_at_the_bound_is_accepted(body: bytes) -> None:
+    calls: list[Any] = []
+    receiver = receiver_with_every_kind_of_handler(calls)
+    status, answer = receiver.accept(body, compute_signature(body, SECRET))
+    assert (status, answer["duplicate"]) == (200, False)
+    await receiver.close()
+    assert len(calls) >= 3
+    assert parse_event(body).id == answer["id"]
+
+
+def test_size_is_checked_before_the_signature_and_the_body_after_it() -> None:
+    receiver = WebhookReceiver(SECRET)
+    huge = b"{" * (CAP + 1)
+    assert receiver.accept(huge, None)[1]["reason"] == "too_large"  # unsigned: still too large
+    assert receiver.accept(huge, "0" * 64)[1]["reason"] == "too_large"
+    deep = b"[" * DEEP
+    # A forged body never reaches the parser: its signature is what is wrong with it.
+    assert receiver.accept(deep, "0" * 64) == (400, {"error": "invalid_signature"})
+    assert receiver.accept(deep, None) == (400, {"error": "missing_signature"})
+    small = WebhookReceiver(SECRET, max_body_bytes=len(BODY))
+    assert small.accept(BODY, GOOD)[0] == 200
+    longer = event_body("evt_longer")
+    assert small.accept(longer, compute_signature(longer, SECRET))[1]["reason"] == "too_large"
+    with pytest.raises(WebhookBodyError) as info:
+        verify_event(huge, "0" * 64, SECRET)  # too large is said before any HMAC over it
+    assert info.value.reason == "too_large"
+    with pytest.raises(WebhookBodyError):
+        parse_event(longer, max_bytes=len(BODY))
+
+
+def test_a_decoded_dict_is_held_to_the_same_bounds() -> None:
+    payload = json.loads(nested_event(MAX_DEPTH + 1))
+    with pytest.raises(WebhookBodyError) as info:
+        parse_event(payload)
+    assert info.value.reason == "too_deep"
+    with pytest.raises(WebhookBodyError) as info:
+        parse_event({**json.loads(BODY), "type": "*"})
+    assert info.value.reason == "bad_type"
+    with pytest.raises(WebhookBodyError) as info:
+        parse_event(event_body().decode() + "\ud800")  # a str no UTF-8 body decodes to
+    assert info.value.reason == "not_utf8"
+    assert parse_event(event_body().decode()).id == "evt_01"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"max_body_bytes": 0}, "max_body_bytes"),
+        ({"max_body_bytes": True}, "max_body_bytes"),
+        ({"max_body_bytes": "1024"}, "max_body_bytes"),
+        ({"max_body_bytes": 1.5}, "max_body_bytes"),
+        ({"dedupe_size": 0}, "dedupe_size"),
+        ({"dedupe_size": True}, "dedupe_size"),
+        ({"path": "hooks"}, "path"),
+        ({"path": b"/hooks"}, "path"),
+        ({"handlers": [print]}, "handlers"),
+        ({"secret": 5}, "secret"),
+        ({"secret": [SECRET, ""]}, "secret"),
+    ],
+)
+def test_receiver_arguments_are_checked_where_given(kwargs: dict[str, Any], param: str) -> None:
+    args = {"secret": SECRET, **kwargs}
+    with pytest.raises(ConfigurationError) as info:
+        WebhookReceiver(**args)
+    assert info.value.param == param
+    assert SECRET not in str(info.value)
+
+
+async def test_hostile_bodies_end_to_end_through_the_aiohttp_receiver(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_ctx, client_ctx = tls
+    calls: list[Any] = []
+    receiver = receiver_with_every_kind_of_handler(calls)
+
+    async def chunked(total: int) -> Any:  # no Content-Length: the cap holds on the stream
+        for _ in range(total // 65536):
+            yield b"x" * 65536
+
+    cases = [
+        (b"[" * DEEP + b"]" * DEEP, "too_deep"),
+        (nested_event(MAX_DEPTH + 1), "too_deep"),
+        (event_body().decode().encode("utf-16"), "not_utf8"),
+        (b"[1, 2]", "not_object"),
+        (raw_event(type="*"), "bad_type"),
+        (HEAD + b',"data":{"v":NaN}}', "not_json"),
+        (sized_event(CAP + 1), "too_large"),
+    ]
+    async with receiver.serve("127.0.0.1", 0, ssl_context=server_ctx):
+        async with httpx.AsyncClient(verify=client_ctx, timeout=30) as http:
+            url = receiver.url or ""
+            for body, reason in cases:
+                r = await http.post(url, content=body, headers=signed(body))
+                assert r.status_code == 400, (reason, r.text)
+                assert r.json()["error"] == "invalid_payload" and r.json()["reason"] == reason
+            # 4 MiB streamed without a length, unsigned: refused on size, read only to the cap.
+            r = await http.post(url, content=chunked(4 * CAP), headers={"X-NB-Signature": "0"})
+            assert r.status_code == 400 and r.json()["reason"] == "too_large"
+            # The receiver is unharmed: the next real event goes through, on the same client.
+            r = await http.post(url, content=BODY, headers=signed(BODY))
+            assert r.status_code == 200 and r.json()["duplicate"] is False
+        await receiver.drain(5)
+    stats = receiver.stats()
+    assert stats["invalid_payload"] == len(cases) + 1
+    assert stats["accepted"] == 1 and stats["duplicates"] == 0 and len(receiver.dedupe) == 1
+    assert sorted(calls) == [("async", "evt_01"), ("inline", "evt_01"), ("thread", "evt_01")]
+
+
+def test_without_aiohttp_the_core_works_and_the_server_names_the_extra() -> None:
+    import subprocess
+    import sys
+
+    code = f"""
+import asyncio, sys
+sys.modules["aiohttp"] = None  # as if it were not installed: `import aiohttp` fails
+import proxaro_scrape.webhooks as w
+body = {BODY!r}
+sig = w.compute_signature(body, "whsec_x")
+assert w.verify_signature(body, sig, "whsec_x")
+assert w.verify_event(body, sig, "whsec_x").id == "evt_01"
+receiver = w.WebhookReceiver("whsec_x")
+assert receiver.accept(body, sig)[0] == 200
+for call in (receiver.make_app, lambda: asyncio.run(receiver.start())):
+    try:
+        call()
+    except ImportError as exc:
+        assert "pip install 'proxaro-scrape[aiohttp]'" in str(exc), exc
+    else:
+        raise AssertionError("no ImportError")
+assert "aiohttp" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # ---------------------------------------------------------------------------- wiring

@@ -15,16 +15,22 @@ HMAC-SHA256 of the raw body under the endpoint's secret::
 ``data`` is the object concerned (an order, the credentials, the usage, an allowlist entry);
 a gateway password never appears in an event.
 
-The pieces, from the smallest:
+The pieces, from the smallest (the first four import no web framework):
 
 - :func:`verify_signature` is exactly the reference's Node snippet (constant-time comparison of
   lower-case hex digests), returning ``False`` for anything that does not match.
 - :func:`parse_event` turns a body into a :class:`WebhookEvent`; :func:`verify_event` does both.
+  A body is refused with a :class:`~proxaro_scrape.errors.WebhookBodyError` naming the bound
+  it broke: over **1 MiB** (``MAX_BODY_BYTES``; the receiver's ``max_body_bytes``), not UTF-8,
+  not JSON, nested deeper than 32 levels, not an object, or a bad ``id``, ``type``,
+  ``created_at`` or ``data``.
 - :class:`EventDeduplicator` remembers the last event ids (bounded, LRU), since at-least-once
   delivery means the same event can arrive twice.
-- :class:`WebhookReceiver` is an ``aiohttp.web`` application (and an ASGI callable) that does
-  all of the above, answers at once, and runs the handlers after the answer.
+- The receiver's core decides on one delivery (:meth:`WebhookReceiver.accept` returns
+  ``(status, json body)``), registers handlers and dispatches events off the response path;
   :meth:`WebhookReceiver.attach` wires it to a :class:`~proxaro_scrape.GatewayManager`.
+- :class:`WebhookReceiver` serves that core over HTTPS with ``aiohttp.web`` (imported only
+  when a server starts: ``pip install 'proxaro-scrape[aiohttp]'``), or as an ASGI callable.
 - :func:`listen` runs a receiver until interrupted (``proxaro-scrape webhooks listen``).
 
 Example::
@@ -41,8 +47,9 @@ Example::
 
 from __future__ import annotations
 
+from proxaro_scrape.webhooks._body import MAX_BODY_BYTES as MAX_BODY_BYTES
+from proxaro_scrape.webhooks._body import MAX_DEPTH as MAX_DEPTH
 from proxaro_scrape.webhooks._core import MANAGER_EVENTS
-from proxaro_scrape.webhooks._core import MAX_BODY_BYTES as MAX_BODY_BYTES
 from proxaro_scrape.webhooks._core import Handler as Handler
 from proxaro_scrape.webhooks._core import ReceiverCore as ReceiverCore
 from proxaro_scrape.webhooks._dedupe import EventDeduplicator

@@ -7,29 +7,31 @@ ASGI is a calling convention, not a library: this adapter needs no framework, on
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from proxaro_scrape.webhooks._core import ReceiverCore
 from proxaro_scrape.webhooks._signature import SIGNATURE_HEADER
 
-__all__ = ["Receive", "Send", "serve_asgi"]
+__all__ = ["Message", "Receive", "Scope", "Send", "serve_asgi"]
 
-#: ASGI's ``receive`` and ``send`` callables.
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+#: ASGI's connection scope, its messages, and its ``receive`` and ``send`` callables (typed as
+#: Starlette and httpx type them, so the adapter fits wherever an ASGI app is expected).
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 _SIGNATURE_KEY = SIGNATURE_HEADER.lower().encode("latin-1")
 
 
-async def serve_asgi(
-    receiver: ReceiverCore, scope: Mapping[str, Any], receive: Receive, send: Send
-) -> None:
+async def serve_asgi(receiver: ReceiverCore, scope: Scope, receive: Receive, send: Send) -> None:
     """Answer one ASGI connection (``http`` or ``lifespan``) with ``receiver``.
 
     ``POST`` only (405 otherwise), to ``receiver.path`` when it is set (404 otherwise).  The
-    body is read up to ``receiver.max_body_bytes`` and then handed to
-    :meth:`~proxaro_scrape.webhooks._core.ReceiverCore.accept`.
+    body is read up to one byte past ``receiver.max_body_bytes`` and handed to
+    :meth:`~proxaro_scrape.webhooks._core.ReceiverCore.accept`, which answers a longer one 400
+    ``too_large``, like any other body it refuses.
     """
     kind = scope.get("type")
     if kind == "lifespan":
@@ -61,12 +63,10 @@ async def serve_asgi(
         if message.get("type") == "http.disconnect":
             return
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > receiver.max_body_bytes:
-            await _json(send, 413, {"error": "body_too_large"})
-            return
         chunks.append(chunk)
-        if not message.get("more_body", False):
+        size += len(chunk)
+        # Past the cap the rest is never read: accept() refuses what it has been given.
+        if size > receiver.max_body_bytes or not message.get("more_body", False):
             break
     status, payload = receiver.accept(b"".join(chunks), header)
     await _json(send, status, payload)

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxaro_scrape.errors import ConfigurationError, WebhookPayloadError
+from proxaro_scrape.errors import ConfigurationError, WebhookBodyError, WebhookPayloadError
+from proxaro_scrape.webhooks._body import MAX_BODY_BYTES, check_size
 from proxaro_scrape.webhooks._dedupe import EventDeduplicator
 from proxaro_scrape.webhooks._events import WebhookEvent, parse_event
 from proxaro_scrape.webhooks._signature import (
@@ -37,9 +38,6 @@ MANAGER_EVENTS: tuple[str, ...] = (
     "usage.threshold.100",
     "allowlist.updated",
 )
-
-#: Largest body the receiver reads; a Proxaro event is a few hundred bytes.
-MAX_BODY_BYTES = 1024 * 1024
 
 #: A handler takes the event; it may be a plain function or a coroutine function.
 Handler = Callable[[WebhookEvent], Any]
@@ -89,7 +87,23 @@ class ReceiverCore:
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self._secrets = as_secrets(secret)
+        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+            raise ConfigurationError("path is None or a str that starts with '/'", param="path")
+        if (
+            not isinstance(max_body_bytes, int)
+            or isinstance(max_body_bytes, bool)
+            or max_body_bytes < 1
+        ):
+            raise ConfigurationError(
+                "max_body_bytes is a positive int (bytes)", param="max_body_bytes"
+            )
+        if not isinstance(dedupe_size, int) or isinstance(dedupe_size, bool) or dedupe_size < 1:
+            raise ConfigurationError("dedupe_size is a positive int", param="dedupe_size")
+        if handlers is not None and not isinstance(handlers, Mapping):
+            raise ConfigurationError("handlers maps event types to handlers", param="handlers")
+        #: Only ``POST`` requests to this path are served (``None``: any path).
         self.path = path
+        #: The body size cap: a longer body is answered 400 ``too_large`` unread past it.
         self.max_body_bytes = max_body_bytes
         self.dedupe = EventDeduplicator(dedupe_size)
         self._handlers: dict[str, list[_Registration]] = {}
@@ -181,6 +195,11 @@ class ReceiverCore:
 
     def _decide(self, body: bytes, signature: str | None) -> _Verdict:
         self._stats["received"] += 1
+        try:
+            # Before the signature: a huge body costs no HMAC and is never parsed.
+            check_size(body, self.max_body_bytes)
+        except WebhookBodyError as exc:
+            return self._refused(exc)
         if not signature:
             self._stats["missing_signature"] += 1
             logger.warning("webhook rejected: no %s header", SIGNATURE_HEADER)
@@ -190,11 +209,9 @@ class ReceiverCore:
             logger.warning("webhook rejected: %s does not match the body", SIGNATURE_HEADER)
             return _Verdict(400, {"error": "invalid_signature"})
         try:
-            event = parse_event(body)
+            event = parse_event(body, max_bytes=self.max_body_bytes)
         except WebhookPayloadError as exc:
-            self._stats["invalid_payload"] += 1
-            logger.warning("webhook rejected: %s", exc)
-            return _Verdict(400, {"error": "invalid_payload", "message": str(exc)})
+            return self._refused(exc)
         # Only verified events reach the cache, so forged requests cannot evict real ids.
         if self.dedupe.seen(event.id):
             self._stats["duplicates"] += 1
@@ -208,6 +225,12 @@ class ReceiverCore:
                 logger.warning("webhook event of unknown type %r (delivered anyway)", event.type)
         logger.debug("webhook %s (%s) accepted", event.id, event.type)
         return _Verdict(200, {"received": True, "id": event.id, "duplicate": False}, event)
+
+    def _refused(self, exc: WebhookPayloadError) -> _Verdict:
+        self._stats["invalid_payload"] += 1
+        reason = exc.reason if isinstance(exc, WebhookBodyError) else "bad_event"
+        logger.warning("webhook rejected (%s): %s", reason, exc)
+        return _Verdict(400, {"error": "invalid_payload", "reason": reason, "message": str(exc)})
 
     # ------------------------------------------------------------------ dispatch
 

@@ -22,7 +22,7 @@ class EventDeduplicator:
     """
 
     def __init__(self, maxsize: int = 10_000) -> None:
-        if not isinstance(maxsize, int) or maxsize < 1:
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
             raise ConfigurationError("maxsize must be a positive int", param="maxsize")
         self.maxsize = maxsize
         self._ids: OrderedDict[str, None] = OrderedDict()

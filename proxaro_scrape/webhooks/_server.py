@@ -11,15 +11,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from proxaro_scrape.webhooks._asgi import Receive, Send, serve_asgi
+from proxaro_scrape.webhooks._asgi import Receive, Scope, Send, serve_asgi
 from proxaro_scrape.webhooks._core import MAX_BODY_BYTES, Handler, ReceiverCore
 from proxaro_scrape.webhooks._signature import SIGNATURE_HEADER, SecretLike
 
 if TYPE_CHECKING:
     import ssl
 
+    import aiohttp
     from aiohttp import web
 
 __all__ = ["WebhookReceiver", "aiohttp_web"]
@@ -50,9 +51,16 @@ class WebhookReceiver(ReceiverCore):
 
     For every ``POST`` (any path, unless ``path`` is given):
 
+    - a body over ``max_body_bytes`` (default 1 MiB, ``MAX_BODY_BYTES``) → 400
+      ``{"error": "invalid_payload", "reason": "too_large"}``: checked first, and the body is
+      not read past the cap, so a huge one costs neither memory nor an HMAC.
     - no ``X-NB-Signature`` → 400 ``missing_signature``; a signature that does not match the
       raw body → 400 ``invalid_signature``.  No handler runs.
-    - a verified body that is not an event → 400 ``invalid_payload``.
+    - a verified body that is not an event (not UTF-8, not JSON, nested deeper than 32, not an
+      object, a bad ``id``/``type``/``created_at``/``data``) → 400 ``invalid_payload`` with a
+      ``reason`` and a ``message`` (:class:`~proxaro_scrape.errors.WebhookBodyError`'s, see
+      :func:`~proxaro_scrape.webhooks.parse_event`).  Counted in ``stats()["invalid_payload"]``;
+      no handler runs and the deduplicator is untouched.
     - an event id seen before (the last ``dedupe_size`` ids) → 200 ``{"duplicate": true}``,
       no handler runs again.
     - otherwise → 200, and the event goes to the handlers in a task of its own, off the
@@ -99,7 +107,9 @@ class WebhookReceiver(ReceiverCore):
     def make_app(self) -> web.Application:
         """A new ``aiohttp.web.Application`` serving this receiver."""
         web = aiohttp_web()
-        app = web.Application(client_max_size=self.max_body_bytes)
+        # The handler reads the stream itself, up to one byte past the cap, so that a body
+        # too large gets the same named 400 as any other refused body, not aiohttp's 413.
+        app = web.Application(client_max_size=self.max_body_bytes + 1)
         if self.path is None:
             app.router.add_route("POST", "/{tail:.*}", self._aiohttp_handler)
         else:
@@ -108,7 +118,9 @@ class WebhookReceiver(ReceiverCore):
 
     async def _aiohttp_handler(self, request: web.Request) -> web.StreamResponse:
         web = aiohttp_web()
-        body = await request.read()  # raises 413 beyond client_max_size
+        body = await _read_capped(request.content, self.max_body_bytes + 1)
+        # Whatever is left unread aiohttp discards after the answer (its lingering read), so
+        # the sender gets the 400 instead of a reset connection.
         status, payload = self.accept(body, request.headers.get(SIGNATURE_HEADER))
         return web.json_response(payload, status=status)
 
@@ -169,6 +181,19 @@ class WebhookReceiver(ReceiverCore):
 
     # ------------------------------------------------------------------ ASGI
 
-    async def asgi(self, scope: Mapping[str, Any], receive: Receive, send: Send) -> None:
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The receiver as an ASGI 3 application (``uvicorn mod:receiver.asgi``)."""
         await serve_asgi(self, scope, receive, send)
+
+
+async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``stream`` (fewer at its end)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
