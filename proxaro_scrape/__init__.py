@@ -3,6 +3,8 @@
 The public surface is re-exported here; the real code lives in private modules.
 """
 
+from importlib import metadata as _metadata
+
 from proxaro_scrape.api import (
     Account,
     AllowlistEntry,
@@ -69,7 +71,11 @@ from proxaro_scrape.webhooks import (
     verify_signature,
 )
 
-__version__ = "0.1.0"
+try:
+    # One version source: the distribution's metadata, which pyproject.toml's version fills in.
+    __version__ = _metadata.version("proxaro-scrape")
+except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "APIConnectionError",

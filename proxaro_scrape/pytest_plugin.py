@@ -32,7 +32,14 @@ __all__ = ["proxaro_sandbox"]
 @pytest.fixture
 def proxaro_sandbox() -> Iterator[Sandbox]:
     """A running :class:`~proxaro_scrape.sandbox.Sandbox` (seed 0, Growth plan)."""
-    from proxaro_scrape.sandbox import Sandbox
+    try:
+        from proxaro_scrape.sandbox import Sandbox
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in ("aiohttp", "trustme"):
+            raise
+        raise ImportError(
+            'the proxaro_sandbox fixture needs the sandbox: pip install "proxaro-scrape[sandbox]"'
+        ) from exc
 
     with Sandbox(seed=0) as sandbox:
         yield sandbox

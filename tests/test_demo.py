@@ -1,5 +1,7 @@
 """``proxaro-scrape demo --quick`` as a user runs it: a subprocess (a fresh Twisted reactor),
-the sandbox, the example project's spider in-process, faults midway, and a report."""
+the sandbox, the demo spider the package ships, in-process, faults midway, and a report.
+
+The same command from a wheel in an empty directory: tests/test_packaging.py."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def _env() -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_quick_demo_loses_nothing_through_bans_failover_and_rotation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -104,8 +107,15 @@ def test_scan_for_secrets_finds_every_line_with_any_secret() -> None:
     assert scan_for_secrets(lines, []) == []
 
 
-def test_demo_without_the_example_project_is_one_line(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["demo", "--project", str(tmp_path)])
+def test_demo_without_scrapy_is_one_line_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if Scrapy were not installed: `import scrapy` fails, and the demo spider (which
+    # imports it) is imported afresh.
+    monkeypatch.setitem(sys.modules, "scrapy", None)
+    monkeypatch.delitem(sys.modules, "proxaro_scrape._cli._demo_spider", raising=False)
+    result = CliRunner().invoke(main, ["demo", "--quick"])
     assert result.exit_code == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "--project" in lines[0]
+    assert result.stderr.strip().splitlines() == [
+        'Error: the demo needs Scrapy: pip install "proxaro-scrape[scrapy]"'
+    ]

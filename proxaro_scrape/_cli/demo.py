@@ -1,18 +1,19 @@
 """``proxaro-scrape demo``: the whole product on a local Proxaro, with no account and no network.
 
-It starts the sandbox (API, gateway, demo shop), then runs the example Scrapy project's
-``products`` spider in-process (``CrawlerProcess``, asyncio reactor) through the Proxaro
-middleware: product pages exit in three countries at once (the spider's Germany plus France
-and the US per request), sessions are sticky per site, and the shop bans an exit after a small
-budget of requests.  Midway the script marks Germany down (the middleware fails over to a
-neighbour) and later rotates the gateway password with a one-second grace (the middleware meets
-407s and refreshes once).  A live progress bar runs meanwhile; at the end a table, a JSON report,
-and the exit code: non-zero if any page was lost or any secret appeared in the crawl's log (the
-log is captured whole, at DEBUG, and scanned for the API key and every gateway password, old and
-new).
+It starts the sandbox (API, gateway, demo shop), then runs the demo spider that ships with the
+package (:mod:`._demo_spider`, a small copy of the example project's ``products`` spider)
+in-process (``CrawlerProcess``, asyncio reactor) through the Proxaro middleware, so the demo runs
+from an installed wheel in any directory.  Product pages exit in three countries at once (the
+spider's Germany plus France and the US per request), sessions are sticky per site, and the shop
+bans an exit after a small budget of requests.  Midway the script marks Germany down (the
+middleware fails over to a neighbour) and later rotates the gateway password with a one-second
+grace (the middleware meets 407s and refreshes once).  A live progress bar runs meanwhile; at the
+end a table, a JSON report, and the exit code: non-zero if any page was lost or any secret
+appeared in the crawl's log (the log is captured whole, at DEBUG, and scanned for the API key and
+every gateway password, old and new).
 
-The core never imports Scrapy: this module imports the example project (and through it Scrapy)
-only when the command runs.
+The core never imports Scrapy: this module imports the demo spider (and through it Scrapy) only
+when the command runs, and says which extra to install when Scrapy or the sandbox is missing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,8 +37,6 @@ from proxaro_scrape._cli._common import CommandError, bar, console, err_console,
 
 __all__ = ["COMMANDS", "DemoPlan", "scan_for_secrets"]
 
-#: The example project, in a source checkout: <repo>/examples/scrapy_shop.
-DEFAULT_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "scrapy_shop"
 DEFAULT_REPORT = "proxaro-demo-report.json"
 
 
@@ -194,24 +192,30 @@ def _live_stats(spider: Any) -> str:
     )
 
 
-def _import_crawl(project: Path) -> Callable[..., Any]:
-    """``shop.run.crawl`` of the example project (which imports Scrapy)."""
-    if not (project / "scrapy.cfg").is_file():
-        raise CommandError(
-            f"the example Scrapy project is not at {project} (the demo runs from a source "
-            "checkout of proxaro-scrape): pass --project PATH"
-        )
-    if str(project) not in sys.path:
-        sys.path.insert(0, str(project))
+def _import_crawl() -> Callable[..., Any]:
+    """The demo spider's ``crawl`` (which imports Scrapy); a missing extra is one error line."""
     try:
-        from shop.run import crawl  # type: ignore[import-not-found]
-    except ImportError as exc:
-        if exc.name == "scrapy" or (exc.name or "").startswith("scrapy."):
+        from proxaro_scrape._cli._demo_spider import crawl
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] in ("scrapy", "twisted"):
             raise CommandError(
                 'the demo needs Scrapy: pip install "proxaro-scrape[scrapy]"'
             ) from None
         raise
-    return crawl  # type: ignore[no-any-return]
+    return crawl
+
+
+def _sandbox_class() -> Any:
+    """:class:`~proxaro_scrape.sandbox.Sandbox`; a missing extra is one error line."""
+    try:
+        from proxaro_scrape.sandbox import Sandbox
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] in ("aiohttp", "trustme"):
+            raise CommandError(
+                'the demo needs the sandbox: pip install "proxaro-scrape[sandbox]"'
+            ) from None
+        raise
+    return Sandbox
 
 
 @click.command("demo")
@@ -230,26 +234,18 @@ def _import_crawl(project: Path) -> Callable[..., Any]:
     help="Also save the crawl's full log (DEBUG) here.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sandbox world.")
-@click.option(
-    "--project",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="The example Scrapy project (default: examples/scrapy_shop of this checkout).",
-)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead.")
 def demo(
     quick: bool,
     report: str,
     log_file: str | None,
     seed: int,
-    project: str | None,
     as_json: bool,
 ) -> None:
     """Crawl a demo shop through a local Proxaro: three countries, a sticky session, bans, a
     region down and a credential rotation midway; nothing lost, no secret in the log."""
-    from proxaro_scrape.sandbox import Sandbox
-
-    crawl = _import_crawl(Path(project).resolve() if project else DEFAULT_PROJECT)
+    Sandbox = _sandbox_class()  # noqa: N806 - a class
+    crawl = _import_crawl()
     plan = DemoPlan.for_mode(quick)
     notes = err_console()
     capture = _Capture()
