@@ -32,6 +32,7 @@ from proxaro_scrape.gateway._pool import (
 from proxaro_scrape.gateway._schedule import Schedule
 from proxaro_scrape.gateway._store import MemoryStore
 from proxaro_scrape.gateway._usage import UsageGuard
+from proxaro_scrape.gateway.edge import Failure, observe_failure
 
 COUNTRIES: list[dict[str, Any]] = [
     {"code": "us", "name": "United States", "continent": "North America",
@@ -101,6 +102,7 @@ def send(core: RoutingCore, target: Any = None, **kw: Any) -> Any:
 
 
 GATEWAY = {"X-Proxaro-Error": "no_exit"}
+AUTH_FAILED = {"X-Proxaro-Error": "auth_failed"}
 
 
 def exit_headers(ip: str = "1.2.3.4", country: str = "de") -> dict[str, str]:
@@ -313,9 +315,9 @@ def test_stale_credentials_refresh_once_then_raise() -> None:
     assert rr.observe(200).ok
     # a 407 on the newest credentials, refreshed already once: raise with what happened
     rr, _ = send(core)
-    assert rr.observe(407).refresh
+    assert rr.observe(407, AUTH_FAILED).refresh
     rr.next_route()
-    out = rr.observe(407)
+    out = rr.observe(407, AUTH_FAILED)
     assert not out.retry and isinstance(out.error, GatewayAuthError)
 
 
@@ -323,7 +325,7 @@ def test_a_407_on_old_credentials_needs_no_refresh() -> None:
     core, _ = make()
     rr, r1 = send(core)
     core.install_credentials({**CREDS, "password": "pw-two"})
-    out = rr.observe(407)
+    out = rr.observe(407, AUTH_FAILED)
     assert out.retry and not out.refresh
     assert rr.next_route().credentials_version == 2
 
@@ -513,18 +515,15 @@ def test_explicit_failover_chain() -> None:
     assert not out.retry and isinstance(out.error, AttemptsExhaustedError)
 
 
-class ProxyError(OSError):
-    """A stack's failed-CONNECT error: the status in the message, the headers lost."""
-
-
 def test_a_blind_502_on_connect_twice_counts_as_a_dead_region() -> None:
+    # A stack that loses the CONNECT answer's headers sees a bare 502: no_exit or exit_failed.
     core, _ = make(target={"country": "de"})
     rr, _ = send(core)
-    err = ProxyError("Tunnel connection failed: 502 Bad Gateway")
-    assert rr.observe(exception=err).kind == "exit_failure"
+    assert observe_failure(rr, Failure.TUNNEL_REFUSED, status=502).kind == "exit_failure"
     rr.next_route()
-    assert rr.observe(exception=err).kind == "region_dead"
+    assert observe_failure(rr, Failure.TUNNEL_REFUSED, status=502).kind == "region_dead"
     assert rr.next_route().target.country == "gb"
+    assert "c:de" not in core.breakers.snapshot()  # guesswork never opens the shared breaker
 
 
 # ---------------------------------------------------------------------------- selectors

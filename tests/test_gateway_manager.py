@@ -186,8 +186,11 @@ def test_a_ban_gives_a_new_exit_then_success(sandbox: Sandbox) -> None:
 
 def test_every_bad_target_raises_before_anything_is_sent(sandbox: Sandbox) -> None:
     with manager(sandbox) as mgr:
-        # every country's ASNs come in the background right after start
-        assert wait_for(lambda: len(mgr.pool.asns) == len(mgr.pool.countries), 10.0)
+        # ASN listings are fetched on demand: check_target gets the ones these targets need
+        for code in ("de", "jp"):
+            with pytest.raises(TargetError):
+                mgr.check_target({"country": code, "asn": "1"})
+        assert set(mgr.pool.asns) == {"de", "jp"}
         before = counters(sandbox)
         bad: list[Any] = [
             {"country": "US"},
@@ -207,18 +210,23 @@ def test_every_bad_target_raises_before_anything_is_sent(sandbox: Sandbox) -> No
         for target in bad:
             with pytest.raises(TargetError):
                 mgr.request(f"{sandbox.site_url}/ip", target)
+            with pytest.raises(TargetError):
+                mgr.check_target(target)
         after = counters(sandbox)
-    for key in ("gateway.connections", "gateway.requests", "gateway.tunnels", "site.requests"):
-        assert after.get(key, 0) == before.get(key, 0), key
+    # nothing sent, and nothing asked of the API either: every listing needed was cached
+    assert after == before
 
 
 def test_asn_targeting_on_starter_is_refused_with_the_reason() -> None:
     with Sandbox(seed=0, plan="starter") as sb:
         with manager(sb) as mgr:
-            assert mgr.pool.asn_allowed is False
+            assert mgr.pool.asn_allowed is None  # not asked at start: no target names an ASN
+            target = {"country": "us", "asn": "7922"}
             with pytest.raises(TargetError, match="Growth") as info:
-                mgr.request(f"{sb.site_url}/ip", {"country": "us", "asn": "7922"})
-            assert info.value.param == "asn"
+                mgr.check_target(target)  # one ASN listing, refused: scope_required
+            assert info.value.param == "asn" and mgr.pool.asn_allowed is False
+            with pytest.raises(TargetError, match="Growth"):
+                mgr.request(f"{sb.site_url}/ip", target)
 
 
 def test_healthy_asn_selector_through_the_gateway(sandbox: Sandbox) -> None:
@@ -227,7 +235,9 @@ def test_healthy_asn_selector_through_the_gateway(sandbox: Sandbox) -> None:
         try:
             url = f"{sandbox.site_url}/ip"
             target = Target(country="us", exit_class="residential", asn=HEALTHY_ASN)
-            assert "us" in mgr.pool.asns  # the biggest pool's ASNs come at start
+            assert "us" not in mgr.pool.asns  # not at start: nothing named an ASN then
+            assert mgr.check_target(target) == target
+            assert "us" in mgr.pool.asns
             healthy = {a.asn for a in mgr.pool.asns["us"] if a.pool_health == "healthy"}
             resp, routes = fetch(mgr, sender, url, target)
             assert routes[-1].target.asn in healthy
@@ -421,7 +431,7 @@ def test_api_down_at_start_is_a_clear_error(sandbox: Sandbox) -> None:
     mgr = manager(sandbox)
     with pytest.raises(ServiceUnavailableError, match="could not start the gateway manager"):
         mgr.start()
-    assert mgr._client is None and mgr._thread is None  # nothing left open
+    assert mgr._client is None and mgr.driver is None  # nothing left open
     mgr.close()
     sandbox.control("faults", clear=True)
     dead = GatewayManager(sandbox.api_key, "http://127.0.0.1:9")
@@ -561,7 +571,7 @@ async def test_async_start_with_the_api_down_is_a_clear_error(sandbox: Sandbox) 
     mgr = manager(sandbox)
     with pytest.raises(ServiceUnavailableError, match="could not start the gateway manager"):
         await mgr.astart()
-    assert mgr._async_client is None and mgr._task is None
+    assert mgr._async_client is None and mgr.driver is None
     await sandbox.acontrol("faults", clear=True)
     async with mgr:  # and it starts once the API answers again
         assert mgr.credentials_version == 1
@@ -570,7 +580,7 @@ async def test_async_start_with_the_api_down_is_a_clear_error(sandbox: Sandbox) 
 async def test_async_driver_routes_and_closes(sandbox: Sandbox) -> None:
     mgr = manager(sandbox, target={"country": "jp"}, pool_ttl=0.2)
     await mgr.astart()
-    assert mgr._task is not None and mgr._thread is None  # a task, no thread
+    assert mgr.driver == "task"  # a task, no thread
     sender = ASender()
     resp, _ = await afetch(mgr, sender, f"{sandbox.site_url}/ip")
     assert resp.json()["country"] == "jp"
@@ -578,7 +588,7 @@ async def test_async_driver_routes_and_closes(sandbox: Sandbox) -> None:
     assert mgr.stats().get("pool_refreshes", 0) >= 1
     await sender.aclose()
     await mgr.aclose()
-    assert mgr._task is None
+    assert mgr.driver is None
 
 
 def test_manager_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:

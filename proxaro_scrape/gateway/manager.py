@@ -1,53 +1,36 @@
-"""``GatewayManager``: the public face of the gateway core, with its sync and async drivers.
+"""``GatewayManager``: the public face of the gateway core.
 
-The per-request API is sans-I/O (see :mod:`proxaro_scrape.gateway._core`): no API call, no
-blocking, no sleeping, one trivial lock.  Integrations drive it like this::
+The per-request API is sans-I/O (:mod:`~proxaro_scrape.gateway._core`): no API call, no
+blocking, no sleeping, one trivial lock.  Integrations drive it through the integration
+contract (:mod:`proxaro_scrape.gateway.edge`: ``run_sync`` / ``run_async``); by hand::
 
     mgr = GatewayManager(target={"country": "us"}, sticky="domain")
     mgr.start()                                   # or: await mgr.astart()
     rr = mgr.request(url)                         # TargetError / UsageCapError before sending
     while True:
         route = rr.next_route()                   # AttemptsExhaustedError when the budget is spent
-        try:
-            resp = send(url, proxy=route.proxy_url)
-        except Exception as exc:
-            outcome = rr.observe(exception=exc)
-        else:
-            outcome = rr.observe(status=resp.status, headers=resp.headers)
-        if outcome.ok:
+        resp = send(url, proxy=route.proxy_url)   # no answer: edge.observe_failure(rr, ...)
+        step = decide(observe_answer(rr, resp.status, resp.headers, tunnel=False))
+        if step.action == "return":
             return resp
-        if not outcome.retry:
-            raise outcome.error
-        if outcome.refresh:
+        if step.action == "raise":
+            raise step.error
+        if step.refresh:
             mgr.refresh_credentials(route.credentials_version)   # async: await mgr.arefresh_...
 
-The async twin is the same loop with ``await``::
+Everything the manager does in the background is written once, sans I/O, in
+:mod:`~proxaro_scrape.gateway._jobs`, and run by one of two drivers
+(:mod:`~proxaro_scrape.gateway._drivers`): :meth:`GatewayManager.start` starts a daemon thread,
+:meth:`GatewayManager.astart` an asyncio task on the running loop.  Either polls the
+credentials (every ``credentials_poll_interval``, and ahead of ``expires_at``), refreshes the
+pool view every ``pool_ttl``, fetches the ASN listings that targets ask for, and polls usage
+every ``usage_poll_interval``.
 
-    async with GatewayManager(target=Target(continent="Europe")) as mgr:   # astart / aclose
-        rr = mgr.request(url)
-        while True:
-            route = rr.next_route()
-            try:
-                resp = await client_for(route.proxy_url).get(url)
-            except Exception as exc:
-                outcome = rr.observe(exception=exc)
-            else:
-                outcome = rr.observe(status=resp.status_code, headers=resp.headers)
-            if outcome.ok:
-                break
-            if not outcome.retry:
-                raise outcome.error
-            if outcome.refresh:
-                await mgr.arefresh_credentials(route.credentials_version)
-
-The drivers do the I/O around it:
-
-- **sync**: :meth:`GatewayManager.start` fetches the credentials and the pool view, then a
-  daemon thread polls the credentials (every ``credentials_poll_interval``, and ahead of
-  ``expires_at``), refreshes the pool view every ``pool_ttl``, fetches the ASNs of newly
-  targeted countries, and polls usage every ``usage_poll_interval``;
-- **async**: :meth:`GatewayManager.astart` does the same with an asyncio task on the running
-  loop (no thread, no framework-specific timer: it runs under Scrapy's asyncio reactor too).
+Start-up costs at most three API calls (credentials, countries, usage), a fourth only when the
+default target names an ASN.  An ASN listing is fetched for the countries ASN targets name,
+once, into the shared pool view: a request's in the background (it is sent meanwhile, and the
+gateway still checks it), or before anything is sent with :meth:`GatewayManager.check_target`
+/ :meth:`GatewayManager.acheck_target`.
 
 If the API is down at a refresh, the last good credentials keep serving and the job backs off;
 if it is down at start, start raises a clear error.  A 407 storm causes ONE credentials call
@@ -63,48 +46,32 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from proxaro_scrape import protocol
 from proxaro_scrape._secrets import Secret
-from proxaro_scrape.errors import (
-    APIConnectionError,
-    APIError,
-    ConfigurationError,
-    NotFoundError,
-    PermissionDeniedError,
-    ProxaroError,
-)
+from proxaro_scrape.errors import ConfigurationError, ProxaroError
 from proxaro_scrape.gateway._core import RequestRouting, RoutingCore
 from proxaro_scrape.gateway._credentials import GatewayCredentials
-from proxaro_scrape.gateway._pool import PoolView, asn_from_model, country_from_model
-from proxaro_scrape.gateway._schedule import Schedule
+from proxaro_scrape.gateway._drivers import TaskDriver, ThreadDriver, adrive, drive
+from proxaro_scrape.gateway._jobs import Jobs, call_cap
+from proxaro_scrape.gateway._pool import PoolView
 from proxaro_scrape.gateway._store import Store
-from proxaro_scrape.gateway.outcome import IsBan
+from proxaro_scrape.gateway.config import GatewayConfig, check_option_names
 from proxaro_scrape.gateway.target import Target
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from proxaro_scrape.gateway.config import GatewayOptions
 
 __all__ = ["GatewayManager"]
 
 logger = logging.getLogger("proxaro_scrape.gateway")
 
 ENV_API_KEY = "PROXARO_API_KEY"
-#: A failed credentials refresh is not retried by 407 storms for this long (seconds).
-REFRESH_COOLDOWN = 1.0
-#: A refresh that brought back the credentials already held is not repeated by 407s for this
-#: long (seconds); shorter than any rotation grace, so a rotation right after it is still seen.
-UNCHANGED_COOLDOWN = 0.25
 #: Longest a sync caller waits for another caller's refresh (seconds).
 REFRESH_WAIT = 60.0
-#: ASN lists fetched per run of the background job.
-ASN_BATCH = 8
-#: Events handle_event reacts to.
-MANAGER_EVENTS = (
-    "credentials.rotated",
-    "usage.threshold.80",
-    "usage.threshold.100",
-    "allowlist.updated",
-)
 
 
 class GatewayManager:
@@ -121,23 +88,20 @@ class GatewayManager:
       ``PROXARO_BASE_URL``); or bring your own ``client`` (:class:`~proxaro_scrape.Proxaro`) and
       / or ``async_client`` (:class:`~proxaro_scrape.AsyncProxaro`), which the manager does not
       close.
-    - ``target``: the default :class:`Target` (or dict) for requests that give none.
-    - ``sticky``: ``"off"`` (a new exit per request), ``"domain"`` (one session per target host)
-      or ``"key"`` (sessions only for requests that pass ``session_key``).  A
-      ``Target(session=...)`` or a ``session_key`` is sticky whatever the mode.
-    - ``session_ttl`` (minutes, sent as ``sesstime``), ``session_max_requests`` (rotate after that
-      many requests), ``session_lru_size`` (bound of the session table).
-    - ``failover``: ``True`` (relax ASN → city → country → neighbours on the continent),
-      ``False``, or an explicit list of targets tried after the request's own.
-    - ``max_attempts``: attempts per logical request (a resend after a credentials refresh is
-      free).
-    - ``ban_status_codes`` and ``is_ban(status, headers, body) -> bool``: what a ban looks like.
-    - ``credentials_poll_interval``, ``pool_ttl``, ``usage_poll_interval`` (seconds; ``None``
-      turns a poll off), ``usage_cap_action`` (``"warn"`` or ``"stop"``).
-    - Additions: ``breaker_base_backoff`` / ``breaker_max_backoff`` (seconds a dead target is
-      left alone, doubling per failed probe), ``store`` (a shared
-      :class:`~proxaro_scrape.gateway._store.Store`), ``clock`` (monotonic seconds) and ``rng``
-      for tests.
+    - the options, each checked once by :class:`~proxaro_scrape.gateway.GatewayConfig`: give
+      ``config=GatewayConfig(...)``, or the same names as keywords (both: the keywords override
+      the config's).  ``target`` (the default :class:`Target` or dict), ``sticky`` (``"off"``,
+      ``"domain"`` or ``"key"``), ``session_ttl`` (minutes), ``session_max_requests``,
+      ``session_lru_size``, ``failover`` (``True``, ``False`` or a list of targets),
+      ``max_attempts``, ``ban_status_codes``, ``is_ban(status, headers, body)``,
+      ``credentials_poll_interval``, ``pool_ttl`` and ``usage_poll_interval`` (seconds;
+      ``None`` turns a poll off), ``usage_cap_action`` (``"warn"`` or ``"stop"``),
+      ``breaker_base_backoff`` / ``breaker_max_backoff`` (seconds).
+    - ``store`` (a shared :class:`~proxaro_scrape.gateway._store.Store`), ``clock`` (monotonic
+      seconds) and ``rng`` for tests.
+
+    A bad option raises :class:`~proxaro_scrape.errors.ConfigurationError` whose ``param`` is
+    the option's name, before anything is sent.
     """
 
     def __init__(
@@ -147,47 +111,29 @@ class GatewayManager:
         *,
         client: Any = None,
         async_client: Any = None,
-        target: Target | Mapping[str, Any] | None = None,
-        sticky: str = "off",
-        session_ttl: int = protocol.DEFAULT_SESSTIME_MINUTES,
-        session_max_requests: int | None = None,
-        session_lru_size: int = 10_000,
-        failover: bool | Sequence[Target | Mapping[str, Any]] = True,
-        max_attempts: int = 5,
-        ban_status_codes: Collection[int] = (403, 429),
-        is_ban: IsBan | None = None,
-        credentials_poll_interval: float = 30.0,
-        pool_ttl: float | None = 300.0,
-        usage_poll_interval: float | None = 300.0,
-        usage_cap_action: str = "warn",
-        breaker_base_backoff: float = 5.0,
-        breaker_max_backoff: float = 300.0,
+        config: GatewayConfig | None = None,
         store: Store | None = None,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        **options: Unpack[GatewayOptions],
     ) -> None:
-        for name, value in (
-            ("credentials_poll_interval", credentials_poll_interval),
-            ("pool_ttl", pool_ttl),
-            ("usage_poll_interval", usage_poll_interval),
-            ("breaker_base_backoff", breaker_base_backoff),
-            ("breaker_max_backoff", breaker_max_backoff),
-        ):
-            if value is None and name in ("pool_ttl", "usage_poll_interval"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{name} must be a number of seconds > 0", param=name)
-        if breaker_max_backoff < breaker_base_backoff:
+        if config is not None and not isinstance(config, GatewayConfig):
             raise ConfigurationError(
-                "breaker_max_backoff must be at least breaker_base_backoff",
-                param="breaker_max_backoff",
+                f"config is a GatewayConfig, got {type(config).__name__}", param="config"
             )
+        if options:
+            check_option_names(options)
+            config = config.replace(**options) if config is not None else GatewayConfig(**options)
+        elif config is None:
+            config = GatewayConfig()
         if client is None and async_client is None and api_key is None:
             if not os.environ.get(ENV_API_KEY):
                 raise ConfigurationError(
                     f"no API key: pass api_key=..., set {ENV_API_KEY}, or pass client=",
                     param="api_key",
                 )
+        #: The options this manager runs with (frozen, validated).
+        self.config = config
         self._api_key = api_key
         self._base_url = base_url
         # Clients the manager may create itself: with a key (given or in the environment).
@@ -197,49 +143,28 @@ class GatewayManager:
         self._owns_client = False
         self._owns_async_client = False
         self._clock = clock or time.monotonic
-        self.core = RoutingCore(
-            target=target,
-            sticky=sticky,
-            session_ttl=session_ttl,
-            session_max_requests=session_max_requests,
-            session_lru_size=session_lru_size,
-            failover=failover,
-            max_attempts=max_attempts,
-            ban_status_codes=ban_status_codes,
-            is_ban=is_ban,
-            usage_cap_action=usage_cap_action,
-            breaker_base_backoff=breaker_base_backoff,
-            breaker_max_backoff=breaker_max_backoff,
-            store=store,
+        self.core = RoutingCore(config, store=store, clock=self._clock, rng=rng)
+        self._jobs = Jobs(
+            self.core,
+            credentials_interval=config.credentials_poll_interval,
+            pool_ttl=config.pool_ttl,
+            usage_interval=config.usage_poll_interval,
             clock=self._clock,
-            rng=rng,
         )
-        self.core.want_asns = self._want_asns
-        self._intervals = (float(credentials_poll_interval), pool_ttl, usage_poll_interval)
-        self._sched: Schedule | None = None
-        self._sched_lock = threading.Lock()
-        # Sync driver.
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        # Async driver.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._awake: asyncio.Event | None = None
+        self._jobs.wake = self._wake_driver
+        self.core.want_asns = self._jobs.want_asns
+        self._thread_driver: ThreadDriver | None = None
+        self._task_driver: TaskDriver | None = None
         # Single-flight credential refreshes.
         self._refresh_lock = threading.Lock()
         self._sync_inflight: threading.Event | None = None
         self._async_inflight: dict[asyncio.AbstractEventLoop, asyncio.Future[bool]] = {}
-        self._refresh_failed_at: float | None = None
-        self._unchanged_at: float | None = None
-        self._cap_callbacks: list[Callable[[], Any]] = []
-        self._cap_fired = False
         self._closed = False
 
     def __repr__(self) -> str:
         creds = self.core.creds.current
         where = creds.gateway_url if creds else "not started"
-        mode = "async" if self._task else "sync" if self._thread else "stopped"
+        mode = {"thread": "sync", "task": "async"}.get(self.driver or "", "stopped")
         return f"<GatewayManager {where} credentials_version={self.core.creds.version} {mode}>"
 
     # ================================================================== per request (sans-I/O)
@@ -255,21 +180,75 @@ class GatewayManager:
         ``target`` (a :class:`Target`, a dict, or ``None`` for the manager's default) is checked
         against the cached pool view and resolved (selectors) right here, so a bad target raises
         :class:`~proxaro_scrape.errors.TargetError` before anything is sent.
-        ``session_key`` makes the request sticky under that key (a Scrapy cookiejar, a user
-        id...).  Raises :class:`~proxaro_scrape.errors.UsageCapError` when the usage guard
-        stopped routing.  No API call, no blocking.
+        ``session_key`` (hashable) makes the request sticky under that key (a Scrapy cookiejar, a
+        user id...).  Raises :class:`~proxaro_scrape.errors.UsageCapError` when the usage guard
+        stopped routing.  No API call, no blocking: an ASN target whose country's ASN listing
+        is not cached yet is sent as it is (the gateway checks it) and the listing is fetched in
+        the background; see :meth:`check_target` to validate one before sending.
         """
         if self.core.creds.current is None:
             raise ProxaroError(RoutingCore.NOT_STARTED)
         return self.core.request(url, target, session_key)
 
     def check_target(self, target: Target | Mapping[str, Any] | None) -> Target:
-        """Validate ``target`` (syntax and, once started, against the pool view) and return it."""
+        """Validate ``target`` (syntax and, once started, against the pool view) and return it.
+
+        When the target names an ASN (or ``HEALTHY_ASN``) of a country whose ASN listing is
+        not cached yet, that listing is fetched first: one API call, blocking, cached in the
+        pool view that every later request shares.  On the manager's own event loop nothing
+        may block: there it validates from cached data and fetches in the background; use
+        :meth:`acheck_target` from a coroutine.  Raises
+        :class:`~proxaro_scrape.errors.TargetError`.
+        """
         t = Target.coerce(target) or self.core.default_target
-        with self.core.lock:
-            if t._key not in self.core._plans:
-                self.core._plan(t)
-        return t
+        code = self._jobs.asns_needed(t)
+        if code is not None:
+            home = self._task_driver.loop if self._task_driver is not None else None
+            here = _running_loop()
+            try:
+                if here is not None and here is home:
+                    pass  # never block the loop: the core asks the task to fetch it
+                elif self._sync_client_or_none() is not None:
+                    drive(self._jobs.fetch_asns(code), self._client)
+                elif home is not None and home.is_running():
+                    job = adrive(self._jobs.fetch_asns(code), self._async_client)
+                    asyncio.run_coroutine_threadsafe(job, home).result(REFRESH_WAIT)
+            except ProxaroError as exc:
+                self._asns_unavailable(code, exc)
+        return self.core.check(t)
+
+    async def acheck_target(self, target: Target | Mapping[str, Any] | None) -> Target:
+        """Async twin of :meth:`check_target`: the ASN listing it may need is awaited.
+
+        The way to validate a target before sending from a coroutine (a Scrapy spider's
+        ``proxaro_target`` at spider open, say).
+        """
+        t = Target.coerce(target) or self.core.default_target
+        code = self._jobs.asns_needed(t)
+        if code is not None:
+            driver = self._task_driver
+            try:
+                if (
+                    driver is not None
+                    and driver.loop is asyncio.get_running_loop()
+                    and self._async_client is not None
+                ):
+                    await adrive(self._jobs.fetch_asns(code), self._async_client)
+                elif self._sync_client_or_none() is not None:
+                    await asyncio.to_thread(drive, self._jobs.fetch_asns(code), self._client)
+            except ProxaroError as exc:
+                self._asns_unavailable(code, exc)
+        return self.core.check(t)
+
+    def _asns_unavailable(self, code: str, exc: ProxaroError) -> None:
+        # The API could not say (down, rate limited): check from what is cached; the
+        # background job fetches the listing later, and the gateway checks the target anyway.
+        logger.warning(
+            "could not list the ASNs of %s to check a target (checked from cached data): %s",
+            code,
+            exc,
+        )
+        self._jobs.want_asns(code)
 
     def stats(self) -> dict[str, int]:
         """A snapshot of the counters (flat ``str → int``).
@@ -307,6 +286,14 @@ class GatewayManager:
         """The target of requests that give none."""
         return self.core.default_target
 
+    @property
+    def driver(self) -> str | None:
+        """What runs the background work: ``"thread"`` (after :meth:`start`), ``"task"``
+        (after :meth:`astart`) or ``None`` (not started, or closed)."""
+        if self._thread_driver is not None:
+            return "thread"
+        return "task" if self._task_driver is not None else None
+
     def breakers(self) -> dict[str, str]:
         """Every circuit breaker that is not closed: key → ``open`` / ``half_open``."""
         with self.core.lock:
@@ -314,9 +301,9 @@ class GatewayManager:
 
     def on_usage_cap(self, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` once when usage reaches 100 % and ``usage_cap_action`` is stop."""
-        self._cap_callbacks.append(callback)
-        if self._cap_fired:
-            self._call_cap(callback)
+        self._jobs.cap_callbacks.append(callback)
+        if self._jobs.cap_fired:
+            call_cap(callback)
 
     # ================================================================== events
 
@@ -335,7 +322,7 @@ class GatewayManager:
         if etype == "credentials.rotated":
             self.core.store.incr("rotation_events")
             logger.info("credentials.rotated event: refreshing the gateway credentials now")
-            self._poke("credentials")
+            self._poke_credentials()
         elif isinstance(etype, str) and etype.startswith("usage.threshold."):
             suffix = etype.rsplit(".", 1)[-1]
             pct = int(suffix) if suffix.isdigit() else 0
@@ -343,11 +330,31 @@ class GatewayManager:
                 total, cap = data.get("total_bytes"), data.get("cap_bytes")
                 if isinstance(total, int) and isinstance(cap, int):
                     self.core.usage.total_bytes, self.core.usage.cap_bytes = total, cap
-            self._usage_actions(self.core.usage.threshold(pct))
+            self._jobs.usage_actions(self.core.usage.threshold(pct))
         elif etype == "allowlist.updated":
             logger.info("allowlist.updated event: the gateway's allowlist changed")
         else:
             logger.debug("event %r ignored by the gateway manager", etype)
+
+    def _poke_credentials(self) -> None:
+        """Refresh the credentials at once, in the background, from any thread."""
+        if self._jobs.poke("credentials") and self.driver is not None:
+            self._wake_driver()
+        elif self.core.creds.current is not None and not self._closed:
+            # No driver runs (started elsewhere?): refresh in a short-lived thread.
+            threading.Thread(
+                target=self._refresh_sync,
+                args=(None,),
+                kwargs={"background": True},
+                name="proxaro-credentials-refresh",
+                daemon=True,
+            ).start()
+
+    def _wake_driver(self) -> None:
+        """Wake whichever driver runs so that it re-reads the schedule (from any thread)."""
+        driver = self._task_driver or self._thread_driver
+        if driver is not None:
+            driver.wake()
 
     # ================================================================== credentials
 
@@ -361,8 +368,8 @@ class GatewayManager:
         """
         if self._newer(seen_version):
             return False
-        loop = self._loop
         if self._sync_client_or_none() is None:
+            loop = self._task_driver.loop if self._task_driver is not None else None
             if loop is None or not loop.is_running():
                 raise ProxaroError("no client to refresh the credentials with: start() first")
             if _running_loop() is loop:
@@ -381,27 +388,14 @@ class GatewayManager:
         loop = asyncio.get_running_loop()
         fut = self._async_inflight.get(loop)
         if fut is None or fut.done():
-            if self._cooling_down():
+            if self._jobs.cooling_down():
                 return False
             fut = loop.create_task(self._arefresh_once(seen_version))
             self._async_inflight[loop] = fut
-        try:
-            return await asyncio.shield(fut)
-        except ProxaroError:
-            return False
+        return await asyncio.shield(fut)
 
     def _newer(self, seen_version: int | None) -> bool:
         return seen_version is not None and self.core.creds.version > seen_version
-
-    def _cooling_down(self) -> bool:
-        now = self._clock()
-        failed = self._refresh_failed_at
-        if failed is not None and now - failed < REFRESH_COOLDOWN:
-            return True
-        # The API just answered with the credentials we hold (expired ones, say): asking again
-        # at once cannot help, and a burst of 407s would otherwise become a burst of API calls.
-        same = self._unchanged_at
-        return same is not None and now - same < UNCHANGED_COOLDOWN
 
     def _refresh_sync(self, seen_version: int | None, *, background: bool = False) -> bool:
         with self._refresh_lock:
@@ -409,7 +403,7 @@ class GatewayManager:
                 return False
             inflight = self._sync_inflight
             if inflight is None:
-                if not background and self._cooling_down():
+                if not background and self._jobs.cooling_down():
                     return False
                 inflight = self._sync_inflight = threading.Event()
                 owner = True
@@ -420,139 +414,80 @@ class GatewayManager:
             return self._newer(seen_version if seen_version is not None else -1)
         try:
             # Installed before the waiters are woken: they resend at once, with what is current.
-            return self._credentials_fetched(self._sync_client().credentials.get())
-        except Exception as exc:  # noqa: BLE001 - keep serving the last good credentials
-            self._refresh_failed(exc)
-            if background:
-                raise
+            return drive(self._jobs.fetch_credentials(), self._sync_client())
+        except Exception as exc:  # noqa: BLE001 - no client, say: a failed refresh all the same
+            self._jobs.refresh_failed(exc)
             return False
         finally:
             with self._refresh_lock:
                 self._sync_inflight = None
             inflight.set()
 
-    async def _arefresh_once(self, seen_version: int | None, *, background: bool = False) -> bool:
+    async def _arefresh_once(self, seen_version: int | None) -> bool:
         loop = asyncio.get_running_loop()
+        driver = self._task_driver
+        home = driver.loop if driver is not None else None
         try:
-            if self._async_client is not None and loop is self._loop:
-                model = await self._async_client.credentials.get()
-                return self._credentials_fetched(model)  # a refusal counts as a failed refresh
-            elif self._sync_client_or_none() is not None:
+            if self._async_client is not None and loop is home:
+                return await adrive(self._jobs.fetch_credentials(), self._async_client)
+            if self._sync_client_or_none() is not None:
                 # No async client on this loop (a sync-started manager under Scrapy, say):
                 # the sync single-flight refresh, in a worker thread.
                 return await asyncio.to_thread(self._refresh_sync, seen_version)
-            elif self._loop is not None and self._loop.is_running() and self._async_client:
-                cfut = asyncio.run_coroutine_threadsafe(
-                    self._arefresh_once(seen_version), self._loop
-                )
+            if home is not None and home.is_running() and self._async_client is not None:
+                cfut = asyncio.run_coroutine_threadsafe(self._arefresh_once(seen_version), home)
                 return await asyncio.wrap_future(cfut)
-            else:
-                raise ProxaroError("no client to refresh the credentials with: astart() first")
-        except Exception as exc:
-            self._refresh_failed(exc)
-            if background:
-                raise
+            raise ProxaroError("no client to refresh the credentials with: astart() first")
+        except Exception as exc:  # noqa: BLE001 - the last good credentials keep serving
+            self._jobs.refresh_failed(exc)
             return False
         finally:
             if self._async_inflight.get(loop) is asyncio.current_task():
                 del self._async_inflight[loop]
-
-    def _credentials_fetched(self, model: Any) -> bool:
-        self._refresh_failed_at = None
-        changed = self.core.install_credentials(model)
-        self._unchanged_at = None if changed else self._clock()
-        creds = self.core.creds.current
-        if changed and creds is not None and creds.version > 1:
-            logger.info("new gateway credentials in use (version %d)", creds.version)
-        with self._sched_lock:
-            sched = self._sched
-            if sched is not None and creds is not None:
-                before = sched.next_at()
-                expires_in = creds.expires_in(time.time())
-                sched.done(
-                    "credentials",
-                    True,
-                    self._clock(),
-                    next_in=sched.credentials_next_in(expires_in),
-                )
-                sooner = sched.next_at() < before
-            else:
-                sooner = False
-        if sooner:
-            self._wake_driver()  # the driver sleeps until the old due time otherwise
-        return changed
-
-    def _refresh_failed(self, exc: BaseException) -> None:
-        self._refresh_failed_at = self._clock()
-        self.core.last_refresh_error = f"{type(exc).__name__}: {exc}"
-        self.core.store.incr("credential_refresh_errors")
-        logger.warning(
-            "could not refresh the gateway credentials (the last good ones keep serving): %s: %s",
-            type(exc).__name__,
-            exc,
-        )
 
     # ================================================================== sync driver
 
     def start(self) -> GatewayManager:
         """Fetch the credentials and the pool view, then start the background thread.
 
-        Raises a clear :class:`~proxaro_scrape.errors.ProxaroError` (the API's own error class
-        when it answered) if the API cannot give them; validates the default target.
+        At most three API calls (credentials, countries, usage; a fourth when the default
+        target names an ASN).  Raises a clear :class:`~proxaro_scrape.errors.ProxaroError`
+        (the API's own error class when it answered) if the API cannot give them; validates
+        the default target.
         """
-        if self._thread is not None or self._task is not None:
+        if self.driver is not None:
             return self
         self._closed = False
         client = self._sync_client()
         try:
-            try:
-                self._credentials_fetched(client.credentials.get())
-            except ProxaroError as exc:
-                raise _start_error(exc, "fetching the gateway credentials") from exc
-            try:
-                countries = client.countries.list()
-            except ProxaroError as exc:
-                raise _start_error(exc, "fetching the pool view (/v1/countries)") from exc
-            self._install_countries(countries)
-            code = self._probe_country()
-            if code is not None:
-                try:
-                    self._fetch_asns_sync(code)
-                except ProxaroError as exc:  # ASNs are fetched again in the background
-                    logger.warning("could not list the ASNs of %s at start: %s", code, exc)
-            self.check_target(None)
-            self._usage_sync(quiet=True)
+            drive(self._jobs.start(), client)
         except BaseException:
             if self._owns_client and self._client is not None:
                 self._client.close()
                 self._client = None
                 self._owns_client = False
             raise
-        self._new_schedule()
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run_thread, name="proxaro-gateway-manager", daemon=True
-        )
-        self._thread.start()
+        self._jobs.new_schedule()
+        self._thread_driver = ThreadDriver(self._jobs, self._thread_job)
+        self._thread_driver.start()
         return self
+
+    def _thread_job(self, name: str) -> None:
+        if name == "credentials":
+            self._refresh_sync(None, background=True)
+            self._jobs.credentials_ran()
+        else:
+            drive(self._jobs.run(name), self._sync_client())
 
     def close(self) -> None:
         """Stop the background thread (or task) and close the clients the manager created."""
         self._closed = True
-        thread = self._thread
+        thread, self._thread_driver = self._thread_driver, None
         if thread is not None:
-            self._stop.set()
-            self._wake.set()
-            thread.join(timeout=10)
-            self._thread = None
-        task, loop = self._task, self._loop
-        if task is not None and loop is not None and not task.done():
-            if _running_loop() is loop:
-                task.cancel()
-            elif loop.is_running():
-                loop.call_soon_threadsafe(task.cancel)
-        self._task = None
-        self._loop = None
+            thread.stop()
+        task, self._task_driver = self._task_driver, None
+        if task is not None:
+            task.cancel()
         if self._owns_client and self._client is not None:
             self._client.close()
             self._client = None
@@ -564,116 +499,49 @@ class GatewayManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run_thread(self) -> None:
-        while not self._stop.is_set():
-            with self._sched_lock:
-                sched = self._sched
-                jobs = sched.due(self._clock()) if sched else []
-            for job in jobs:
-                if self._stop.is_set():
-                    return
-                self._job_sync(job)
-            with self._sched_lock:
-                delay = (self._sched.next_at() if self._sched else float("inf")) - self._clock()
-            self._wake.wait(timeout=min(max(delay, 0.0), 60.0))
-            self._wake.clear()
-
-    def _job_sync(self, job: str) -> None:
-        ok = True
-        try:
-            if job == "credentials":
-                self._refresh_sync(None, background=True)
-                if self._refresh_failed_at is None:
-                    return  # rescheduled by _credentials_fetched
-                ok = False
-            if job == "pool":
-                client = self._sync_client()
-                self._install_countries(client.countries.list())
-                for code in self.core.take_asn_countries_in_use():
-                    self._fetch_asns_sync(code)
-                self.core.store.incr("pool_refreshes")
-            elif job == "asns":
-                for code in self._asns_batch():
-                    self._fetch_asns_sync(code)
-            elif job == "usage":
-                ok = self._usage_sync()
-        except Exception as exc:  # noqa: BLE001 - the thread must survive any failure
-            ok = False
-            self._job_failed(job, exc)
-        self._job_done(job, ok)
-
-    def _fetch_asns_sync(self, code: str) -> None:
-        try:
-            asns = self._sync_client().countries.asns(code)
-        except (PermissionDeniedError, NotFoundError) as exc:
-            self._asns_refused(code, exc)
-            return
-        self._install_asns(code, asns)
-
-    def _usage_sync(self, *, quiet: bool = False) -> bool:
-        try:
-            usage = self._sync_client().usage.get()
-        except Exception as exc:  # noqa: BLE001 - usage is advisory
-            if not quiet:
-                logger.warning("could not read usage: %s: %s", type(exc).__name__, exc)
-            return False
-        self._usage_read(usage)
-        return True
-
     # ================================================================== async driver
 
     async def astart(self) -> GatewayManager:
         """Async twin of :meth:`start`: the background work is a task on the running loop."""
-        if self._thread is not None or self._task is not None:
+        if self.driver is not None:
             return self
         self._closed = False
-        loop = asyncio.get_running_loop()
-        self._loop = loop
         client = self._aclient()
         try:
-            try:
-                self._credentials_fetched(await client.credentials.get())
-            except ProxaroError as exc:
-                raise _start_error(exc, "fetching the gateway credentials") from exc
-            try:
-                countries = await client.countries.list()
-            except ProxaroError as exc:
-                raise _start_error(exc, "fetching the pool view (/v1/countries)") from exc
-            self._install_countries(countries)
-            code = self._probe_country()
-            if code is not None:
-                try:
-                    await self._fetch_asns_async(code)
-                except ProxaroError as exc:  # ASNs are fetched again in the background
-                    logger.warning("could not list the ASNs of %s at start: %s", code, exc)
-            self.check_target(None)
-            await self._usage_async(quiet=True)
+            await adrive(self._jobs.start(), client)
         except BaseException:
-            self._loop = None
             if self._owns_async_client and self._async_client is not None:
                 await self._async_client.aclose()
                 self._async_client = None
                 self._owns_async_client = False
             raise
-        self._new_schedule()
-        self._awake = asyncio.Event()
-        self._task = loop.create_task(self._run_task(), name="proxaro-gateway-manager")
+        self._jobs.new_schedule()
+        self._task_driver = TaskDriver(self._jobs, self._task_job)
         return self
+
+    async def _task_job(self, name: str) -> None:
+        if name == "credentials":
+            loop = asyncio.get_running_loop()
+            fut = self._async_inflight.get(loop)
+            if fut is None or fut.done():
+                fut = loop.create_task(self._arefresh_once(None))
+                self._async_inflight[loop] = fut
+            await asyncio.shield(fut)
+            self._jobs.credentials_ran()
+        else:
+            await adrive(self._jobs.run(name), self._aclient())
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`: cancel the task, close the clients the manager made."""
         self._closed = True
-        task = self._task
-        self._task = None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        if self._thread is not None:
+        task, self._task_driver = self._task_driver, None
+        if task is not None:
+            if task.loop is asyncio.get_running_loop():
+                await task.stop()
+            else:
+                task.cancel()
+        if self._thread_driver is not None:
             await asyncio.to_thread(self.close)
-        self._loop = None
         if self._owns_async_client and self._async_client is not None:
             await self._async_client.aclose()
             self._async_client = None
@@ -689,72 +557,7 @@ class GatewayManager:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _run_task(self) -> None:
-        awake = self._awake
-        assert awake is not None
-        while True:
-            with self._sched_lock:
-                jobs = self._sched.due(self._clock()) if self._sched else []
-            for job in jobs:
-                await self._job_async(job)
-            with self._sched_lock:
-                delay = (self._sched.next_at() if self._sched else float("inf")) - self._clock()
-            try:
-                await asyncio.wait_for(awake.wait(), timeout=min(max(delay, 0.0), 60.0))
-            except asyncio.TimeoutError:
-                pass
-            awake.clear()
-
-    async def _job_async(self, job: str) -> None:
-        ok = True
-        try:
-            if job == "credentials":
-                loop = asyncio.get_running_loop()
-                fut = self._async_inflight.get(loop)
-                if fut is None or fut.done():
-                    fut = loop.create_task(self._arefresh_once(None, background=True))
-                    self._async_inflight[loop] = fut
-                await asyncio.shield(fut)
-                if self._refresh_failed_at is None:
-                    return  # rescheduled by _credentials_fetched
-                ok = False
-            client = self._aclient()
-            if job == "pool":
-                self._install_countries(await client.countries.list())
-                for code in self.core.take_asn_countries_in_use():
-                    await self._fetch_asns_async(code)
-                self.core.store.incr("pool_refreshes")
-            elif job == "asns":
-                for code in self._asns_batch():
-                    await self._fetch_asns_async(code)
-            elif job == "usage":
-                ok = await self._usage_async()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the task must survive any failure
-            ok = False
-            self._job_failed(job, exc)
-        self._job_done(job, ok)
-
-    async def _fetch_asns_async(self, code: str) -> None:
-        try:
-            asns = await self._aclient().countries.asns(code)
-        except (PermissionDeniedError, NotFoundError) as exc:
-            self._asns_refused(code, exc)
-            return
-        self._install_asns(code, asns)
-
-    async def _usage_async(self, *, quiet: bool = False) -> bool:
-        try:
-            usage = await self._aclient().usage.get()
-        except Exception as exc:  # noqa: BLE001 - usage is advisory
-            if not quiet:
-                logger.warning("could not read usage: %s: %s", type(exc).__name__, exc)
-            return False
-        self._usage_read(usage)
-        return True
-
-    # ================================================================== shared driver pieces
+    # ================================================================== clients
 
     def _sync_client_or_none(self) -> Any:
         if self._client is None and not self._can_create_clients:
@@ -787,244 +590,9 @@ class GatewayManager:
             self._owns_async_client = True
         return self._async_client
 
-    def _new_schedule(self) -> None:
-        creds_interval, pool_ttl, usage_interval = self._intervals
-        now = self._clock()
-        with self._sched_lock:
-            sched = Schedule(
-                credentials_interval=creds_interval,
-                pool_ttl=pool_ttl,
-                usage_interval=usage_interval,
-                now=now,
-            )
-            creds = self.core.creds.current
-            if creds is not None:
-                sched.done(
-                    "credentials",
-                    True,
-                    now,
-                    next_in=sched.credentials_next_in(creds.expires_in(time.time())),
-                )
-            pool = self.core.pool
-            if pool.asn_allowed is not False:
-                # Every country's ASNs, fetched once in the background right after start, so
-                # that an ASN target is validated from cached data before it is sent.  Later
-                # pool refreshes only re-fetch the countries that ASN targets actually use.
-                for code in pool.countries:
-                    if code not in pool.asns:
-                        sched.want_asns(code, now)
-            self._sched = sched
-
-    def _poke(self, job: str) -> None:
-        """Make ``job`` due now and wake whichever driver runs (from any thread)."""
-        loop = self._loop
-        if self._task is not None and loop is not None and self._awake is not None:
-            awake = self._awake
-
-            def poke() -> None:
-                with self._sched_lock:
-                    if self._sched is not None:
-                        self._sched.poke(job, self._clock())
-                awake.set()
-
-            if _running_loop() is loop:
-                poke()
-            else:
-                try:
-                    loop.call_soon_threadsafe(poke)
-                except RuntimeError:  # the loop is closed: nothing to wake
-                    pass
-            return
-        with self._sched_lock:
-            if self._sched is not None:
-                self._sched.poke(job, self._clock())
-        if self._thread is not None:
-            self._wake.set()
-        elif job == "credentials" and self.core.creds.current is not None and not self._closed:
-            # No driver runs (started elsewhere?): refresh in a short-lived thread.
-            threading.Thread(
-                target=self._refresh_quietly, name="proxaro-credentials-refresh", daemon=True
-            ).start()
-
-    def _refresh_quietly(self) -> None:
-        try:
-            self._refresh_sync(None, background=True)
-        except Exception:  # noqa: BLE001,S110 - logged by _refresh_failed
-            pass
-
-    def _want_asns(self, code: str) -> None:
-        # Called from the per-request path under the core's lock: record and wake, nothing else.
-        with self._sched_lock:
-            sched = self._sched
-            if sched is None or not sched.want_asns(code, self._clock()):
-                return
-        self._wake_driver()
-
-    def _wake_driver(self) -> None:
-        """Wake whichever driver runs so that it re-reads the schedule (from any thread)."""
-        loop, awake = self._loop, self._awake
-        if self._task is not None and loop is not None and awake is not None:
-            if _running_loop() is loop:
-                awake.set()
-                return
-            try:
-                loop.call_soon_threadsafe(awake.set)
-            except RuntimeError:  # the loop is closed: nothing to wake
-                pass
-        elif self._thread is not None:
-            self._wake.set()
-
-    def _asns_batch(self) -> list[str]:
-        """A few wanted countries at a time, so a long ASN prefetch never holds up a credentials
-        poll: the driver comes back to the schedule between batches."""
-        with self._sched_lock:
-            wanted = sorted(self._sched.wanted_asns) if self._sched else []
-        if self.core.pool.asn_allowed is False:
-            return []
-        return wanted[:ASN_BATCH]
-
-    def _job_done(self, job: str, ok: bool) -> None:
-        with self._sched_lock:
-            sched = self._sched
-            if sched is not None:
-                sched.done(job, ok, self._clock())
-                if job == "asns" and ok and sched.wanted_asns:
-                    sched.poke("asns", self._clock())  # more to fetch: the next batch
-
-    def _job_failed(self, job: str, exc: BaseException) -> None:
-        if job == "credentials":
-            return  # counted and logged by _refresh_failed
-        self.core.store.incr(
-            {"pool": "pool_refresh_errors", "asns": "asn_refresh_errors"}.get(job, "usage_errors")
-        )
-        logger.warning(
-            "background %s refresh failed (retrying with backoff): %s: %s",
-            job,
-            type(exc).__name__,
-            exc,
-        )
-
-    def _probe_country(self) -> str | None:
-        """The country whose ASN listing tells whether ASN targeting is allowed."""
-        pool = self.core.pool
-        t = self.core.default_target
-        if t.country and t.country in pool.countries:
-            return t.country
-        if not pool.countries:
-            return None
-        return max(pool.countries.values(), key=lambda c: c.estimated_pool_size).code
-
-    def _install_countries(self, countries: Any) -> None:
-        infos = [country_from_model(c) for c in _items(countries)]
-        self.core.install_pool(self.core.pool.with_countries(infos))
-
-    def _install_asns(self, code: str, asns: Any) -> None:
-        infos = [asn_from_model(a) for a in _items(asns)]
-        self.core.install_pool(self.core.pool.with_asns(code, infos))
-        with self._sched_lock:
-            if self._sched is not None:
-                self._sched.wanted_asns.discard(code)
-
-    def _asns_refused(self, code: str, exc: ProxaroError) -> None:
-        if isinstance(exc, PermissionDeniedError) and exc.code == "scope_required":
-            if self.core.pool.asn_allowed is not False:
-                logger.info("ASN targeting is not available on this plan (scope_required)")
-            self.core.install_pool(self.core.pool.with_asn_forbidden())
-            with self._sched_lock:
-                if self._sched is not None:
-                    self._sched.wanted_asns.clear()  # no other country will answer otherwise
-        elif isinstance(exc, PermissionDeniedError):
-            # A read-only key cannot be the reason (listing is a read); note it and move on.
-            logger.warning("could not list the ASNs of %s: %s", code, exc)
-        else:
-            self.core.install_pool(self.core.pool.with_asns(code, ()))
-        with self._sched_lock:
-            if self._sched is not None:
-                self._sched.wanted_asns.discard(code)
-
-    def _usage_read(self, usage: Any) -> None:
-        self.core.store.incr("usage_polls")
-        total = getattr(usage, "total_bytes", None)
-        cap = getattr(usage, "cap_bytes", None)
-        self._usage_actions(self.core.usage.update(total, cap))
-
-    def _usage_actions(self, actions: list[str]) -> None:
-        usage = self.core.usage
-        frac = usage.fraction
-        shown = f"{frac:.0%}" if frac is not None else "the threshold"
-        for action in actions:
-            if action == "warn80":
-                logger.warning(
-                    "Proxaro usage at %s of the plan's bandwidth cap (80 %% passed)", shown
-                )
-            elif action == "warn100":
-                self.core.store.incr("usage_cap_reached")
-                logger.warning(
-                    "Proxaro usage reached the plan's bandwidth cap (%s): overage begins; "
-                    "routing continues (usage_cap_action='warn')",
-                    shown,
-                )
-            elif action == "stop":
-                self.core.store.incr("usage_cap_reached")
-                logger.error(
-                    "Proxaro usage reached the plan's bandwidth cap (%s): routing stops "
-                    "(usage_cap_action='stop')",
-                    shown,
-                )
-                if not self._cap_fired:
-                    self._cap_fired = True
-                    for callback in list(self._cap_callbacks):
-                        self._call_cap(callback)
-
-    @staticmethod
-    def _call_cap(callback: Callable[[], Any]) -> None:
-        try:
-            result = callback()
-            if asyncio.iscoroutine(result):
-                loop = _running_loop()
-                if loop is not None:
-                    loop.create_task(result)
-                else:
-                    result.close()
-        except Exception:  # a user callback must not break the manager
-            logger.exception("on_usage_cap callback failed")
-
-
-def _items(value: Any) -> list[Any]:
-    data = getattr(value, "data", None)
-    if data is not None and not isinstance(value, Mapping):
-        return list(data)
-    if isinstance(value, Mapping):
-        return list(value.get("data") or [])
-    return list(value)
-
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _start_error(exc: ProxaroError, what: str) -> ProxaroError:
-    """The same error class, with a message that says the manager could not start."""
-    if isinstance(exc, APIError):
-        text = f"could not start the gateway manager: {what} failed: {exc.message}"
-        try:
-            return type(exc)(
-                text,
-                status=exc.status,
-                type=exc.type,
-                code=exc.code,
-                param=exc.param,
-                request_id=exc.request_id,
-            )
-        except TypeError:
-            return ProxaroError(f"{text} ({exc})")
-    text = f"could not start the gateway manager: {what} failed: {exc}"
-    if isinstance(exc, APIConnectionError):
-        try:
-            return type(exc)(text)
-        except TypeError:
-            pass
-    return ProxaroError(text)
