@@ -116,6 +116,11 @@ class ReceiverCore:
         #: The bound port, once a server has started it.
         self.port: int | None = None
         for type_, fns in (handlers or {}).items():
+            if not callable(fns) and not isinstance(fns, Iterable):
+                raise ConfigurationError(
+                    "handlers maps each event type to a handler or a list of them",
+                    param="handlers",
+                )
             for fn in [fns] if callable(fns) else list(fns):
                 self.on(type_, fn)
 
