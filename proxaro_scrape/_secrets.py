@@ -7,7 +7,11 @@ A :class:`Secret` holds an API key, a gateway password or a webhook secret.  Its
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -64,3 +68,49 @@ class Secret:
 
     def __reduce__(self) -> Any:
         raise TypeError("secrets are not pickled")
+
+
+def check_secret_path(path: str | os.PathLike[str], *, param: str = "path") -> Path:
+    """Where :func:`write_secret_file` may write: refused (a ``ConfigurationError`` naming
+    ``param``) when it is a symbolic link, a directory or another non-regular file, or its
+    directory does not exist.  Call it before asking the API for the secret, so that nothing is
+    sent for a secret that could not be kept."""
+    from proxaro_scrape.errors import ConfigurationError
+
+    target = Path(path)
+    if target.is_symlink():
+        # Following a link would write the secret wherever the link points (another user's
+        # file, a world-readable place); replacing it would surprise whoever made it.
+        raise ConfigurationError(f"{param} {target} is a symbolic link; refusing", param=param)
+    if target.exists() and not target.is_file():
+        raise ConfigurationError(f"{param} {target} exists and is not a file", param=param)
+    parent = target.parent
+    if not parent.is_dir():
+        raise ConfigurationError(f"{param}: the directory {parent} does not exist", param=param)
+    return target
+
+
+def write_secret_file(path: str | os.PathLike[str], secret: Secret, *, param: str = "path") -> Path:
+    """Write ``secret`` and a newline to ``path``, readable by its owner only (mode 0600).
+
+    Atomic: the value goes to a new file in the same directory (created 0600, so it is never
+    readable by others, even for a moment), which then replaces ``path`` by a rename; an
+    existing file's mode (0644, say) is therefore not kept, and a reader sees the old secret or
+    the new one, never half of it.  A symbolic link at ``path`` is refused, never followed.
+    """
+    target = check_secret_path(path, param=param)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secret.reveal() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        # os.replace renames over ``path`` itself: a link made there meanwhile is replaced,
+        # not followed.
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target

@@ -146,7 +146,7 @@ def test_usage_by_class_and_country_with_a_bar_chart(sandbox: Sandbox) -> None:
     assert chart.exit_code == 0
     assert "█" in chart.stdout and "country" in chart.stdout and "GiB" in chart.stdout
     bad = cli(sandbox, "usage", "--period", "last-year")
-    assert "period" in one_error_line(bad)
+    assert "period" in one_error_line(bad, code=2)  # a usage error, found after parsing
 
 
 def test_orders_filter_limit_and_pages(sandbox: Sandbox) -> None:
@@ -185,8 +185,14 @@ def test_credentials_masked_unless_reveal(sandbox: Sandbox) -> None:
     assert cred.password in shown.stdout
 
 
-def test_rotate_asks_unless_yes(sandbox: Sandbox) -> None:
+def test_rotate_asks_unless_yes(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     before = sandbox.world.credentials.password
+    # No terminal (a script, CI): nothing is asked nor sent; the error says to pass --yes.
+    refused = cli(sandbox, "rotate")
+    assert refused.exit_code == 2 and "--yes" in one_error_line(refused, 2)
+    assert sandbox.world.credentials.password == before
+
+    monkeypatch.setattr("proxaro_scrape._cli.account.stdin_is_terminal", lambda: True)
     declined = cli(sandbox, "rotate", input="n\n")
     assert declined.exit_code == 1 and "Aborted" in declined.stderr
     assert sandbox.world.credentials.password == before
@@ -249,7 +255,7 @@ def test_allowlist_add_list_remove(sandbox: Sandbox) -> None:
     removed = cli_json(sandbox, "allowlist", "remove", added["id"])
     assert removed == {"object": "allowlist_entry", "id": added["id"], "deleted": True}
     assert cli_json(sandbox, "allowlist", "list") == []
-    assert "/24" in one_error_line(cli(sandbox, "allowlist", "add", "10.0.0.0/8"))
+    assert "/24" in one_error_line(cli(sandbox, "allowlist", "add", "10.0.0.0/8"), code=2)
 
 
 def test_webhooks_create_list_rotate_secret_handling(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -283,7 +289,9 @@ def test_webhooks_create_list_rotate_secret_handling(sandbox: Sandbox, tmp_path:
     assert text.exit_code == 0 and sandbox.world.webhooks[0].secret not in text.stdout
     everything = cli_json(sandbox, "webhooks", "create", "https://127.0.0.1:9/all")
     assert everything["events"] == ["*"]
-    assert "https" in one_error_line(cli(sandbox, "webhooks", "create", "http://127.0.0.1:9/"))
+    assert "https" in one_error_line(
+        cli(sandbox, "webhooks", "create", "http://127.0.0.1:9/"), code=2
+    )
     missing = one_error_line(cli(sandbox, "webhooks", "rotate", "wh_nope"))
     assert "HTTP 404" in missing and "request req_" in missing
 
@@ -439,7 +447,7 @@ def test_proxy_url_works_as_a_proxy_with_httpx_and_curl(sandbox: Sandbox) -> Non
 
 def test_proxy_url_refuses_bad_targets_before_sending(sandbox: Sandbox) -> None:
     before = sandbox.world.counters["gateway.connections"]
-    assert "did you mean" in one_error_line(cli(sandbox, "proxy-url", "--country", "zz"))
+    assert "did you mean" in one_error_line(cli(sandbox, "proxy-url", "--country", "zz"), code=2)
     assert "country" in one_error_line(cli(sandbox, "proxy-url", "--city", "berlin"))
     assert "session" in one_error_line(cli(sandbox, "proxy-url", "--session", "a b"))
     line = one_error_line(cli(sandbox, "proxy-url", "--session-ttl", "5"))
@@ -494,7 +502,9 @@ def test_check_fails_over_from_a_dead_region_and_explains_failures(sandbox: Sand
 
 
 def test_wrong_key_local_and_remote_is_one_line(sandbox: Sandbox) -> None:
-    local = one_error_line(cli(None, "--api-key", "nope", "--base-url", sandbox.api_url, "account"))
+    local = one_error_line(
+        cli(None, "--api-key", "nope", "--base-url", sandbox.api_url, "account"), code=2
+    )
     assert "--api-key" in local and "proxaro_live_" in local
     before = sandbox.world.counters["api.requests"]
     remote = one_error_line(
@@ -526,8 +536,8 @@ def test_bad_input_is_one_line(sandbox: Sandbox) -> None:
         cli(sandbox, "sessions", "--exit-class", "satellite"), code=2
     )
     assert "No such command" in one_error_line(cli(sandbox, "nope"), code=2)
-    assert "code" in one_error_line(cli(sandbox, "asns", "usa"))
-    assert "--base-url" in one_error_line(cli(None, "--base-url", "ftp://x", "plans"))
+    assert "code" in one_error_line(cli(sandbox, "asns", "usa"), code=2)
+    assert "--base-url" in one_error_line(cli(None, "--base-url", "ftp://x", "plans"), code=2)
 
 
 def test_console_script_errors_are_one_line(sandbox: Sandbox) -> None:
@@ -536,7 +546,7 @@ def test_console_script_errors_are_one_line(sandbox: Sandbox) -> None:
 
     wrong = one_error_line(run("--api-key", WRONG_KEY, "--base-url", sandbox.api_url, "account"))
     assert "HTTP 401" in wrong and "request req_" in wrong
-    local = one_error_line(run("--api-key", "proxaro_test_123", "account"))
+    local = one_error_line(run("--api-key", "proxaro_test_123", "account"), code=2)
     assert "--api-key" in local
     port = free_port()
     gone = one_error_line(

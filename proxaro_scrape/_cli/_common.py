@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from proxaro_scrape._cli._tables import Listing, listing
 from proxaro_scrape._secrets import Secret
 from proxaro_scrape.api import Model, Page, Proxaro
 from proxaro_scrape.errors import APIError, ConfigurationError, ProxaroError
@@ -36,9 +36,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ENV_API_KEY = "PROXARO_API_KEY"
 ENV_BASE_URL = "PROXARO_BASE_URL"
+ENV_ALLOW_INSECURE_HTTP = "PROXARO_ALLOW_INSECURE_HTTP"
 
 #: Option names as the user typed them, for messages that name a client argument.
-_PARAM_TO_OPTION = {"api_key": "--api-key", "base_url": "--base-url"}
+_PARAM_TO_OPTION = {
+    "api_key": "--api-key",
+    "base_url": "--base-url",
+    "allow_insecure_http": "--allow-insecure-http",
+    "timeout": "--timeout",
+    "max_retries": "--max-retries",
+}
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -57,11 +64,16 @@ class CLIConfig:
     timeout: float | None = None
     max_retries: int = 2
     debug: bool = False
+    allow_insecure_http: bool = False
 
     def client(self, *, need_key: bool = True) -> Proxaro:
         """A REST client; a command that needs a key refuses early, naming the option."""
         client = Proxaro(
-            self.api_key, self.base_url, timeout=self.timeout, max_retries=self.max_retries
+            self.api_key,
+            self.base_url,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            allow_insecure_http=self.allow_insecure_http,
         )
         if need_key and not client.has_key:
             client.close()
@@ -94,7 +106,17 @@ def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
 
 
 def api_options(fn: F) -> F:
-    """``--api-key`` / ``--base-url`` on a command too (they override the group's)."""
+    """``--api-key`` / ``--base-url`` on a command too (they override the group's), and
+    ``--allow-insecure-http``."""
+    fn = click.option(
+        "--allow-insecure-http",
+        is_flag=True,
+        default=None,
+        expose_value=False,
+        callback=_store("allow_insecure_http"),
+        help=f"Allow a plain http:// --base-url off this machine (the key travels in clear "
+        f"text; else {ENV_ALLOW_INSECURE_HTTP}=1).",
+    )(fn)
     fn = click.option(
         "--base-url",
         metavar="URL",
@@ -179,13 +201,10 @@ def err_console() -> Console:
     return Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
 
-def table(title: str | None, *columns: str, **kw: Any) -> Table:
-    """A table in the house style; a column named ``"name:right"`` is right-aligned."""
-    t = Table(title=title, title_justify="left", header_style="bold", **kw)
-    for col in columns:
-        name, _, just = col.partition(":")
-        t.add_column(name, justify="right" if just == "right" else "left", overflow="fold")
-    return t
+def table(title: str | None, *columns: str, **kw: Any) -> Listing:
+    """A table in the house style: ``"name:right"`` is right-aligned, ``"name:keep"`` (ids,
+    IPs, URLs) is never folded across lines (see :mod:`._tables`); print it with :func:`show`."""
+    return listing(title, *columns, **kw)
 
 
 def iso(value: datetime) -> str:
@@ -288,6 +307,10 @@ def error_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+#: The exit code of a usage error (click's, and gh's): bad options, refused values.
+USAGE_ERROR = 2
+
+
 class CommandError(click.ClickException):
     """A failure the CLI itself reports (bad combination of options, unreachable target...)."""
 
@@ -315,6 +338,13 @@ class ProxaroGroup(click.Group):
         except click.exceptions.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # A bare group (`proxaro-scrape`, `proxaro-scrape webhooks`) asks what it can do:
+            # its help, on stdout, and success, as gh and git answer.
+            click.echo(
+                exc.ctx.get_help() if exc.ctx is not None else self.get_help(click.Context(self))
+            )
+            sys.exit(0)
         except click.UsageError as exc:
             hint = ""
             if exc.ctx is not None:
@@ -328,7 +358,8 @@ class ProxaroGroup(click.Group):
             if type(self).debug:
                 raise
             click.echo(f"Error: {error_line(exc)}", err=True)
-            sys.exit(1)
+            # Input refused before anything was sent is a usage error, wherever it was caught.
+            sys.exit(USAGE_ERROR if isinstance(exc, ConfigurationError) else 1)
         except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback
             if type(self).debug:
                 raise

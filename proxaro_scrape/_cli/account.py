@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 from typing import Any
 
 import click
-from rich.table import Table
 
 from proxaro_scrape import protocol
 from proxaro_scrape._cli._common import (
@@ -27,22 +27,17 @@ from proxaro_scrape._cli._common import (
     table,
     when,
 )
+from proxaro_scrape._cli._tables import Fields, show
 from proxaro_scrape._secrets import Secret
 from proxaro_scrape.api import _validate
+from proxaro_scrape.errors import ConfigurationError
 
 __all__ = ["COMMANDS"]
 
 
-def _grid(title: str, rows: list[tuple[str, Any]]) -> Table:
-    t = Table.grid(padding=(0, 2))
-    t.title = title
-    t.title_justify = "left"
-    t.title_style = "bold"
-    t.add_column(style="bold")
-    t.add_column(overflow="fold")
-    for name, value in rows:
-        t.add_row(name, value if not isinstance(value, (int, float)) else str(value))
-    return t
+def _grid(title: str, rows: list[tuple[str, Any]]) -> Fields:
+    # One field per line, values never folded: ids, hosts and passwords are copied from here.
+    return Fields(title, [(n, v if not isinstance(v, (int, float)) else str(v)) for n, v in rows])
 
 
 @command("status")
@@ -90,7 +85,7 @@ def status(cfg: CLIConfig, as_json: bool) -> None:
         rows.append(("plan", dash(data["plan"])))
     if rl is not None:
         rows.append(("rate limit", f"{dash(rl.remaining)} of {dash(rl.limit)} left this minute"))
-    console().print(_grid("Proxaro API", rows))
+    show(_grid("Proxaro API", rows))
 
 
 @command("account")
@@ -113,11 +108,26 @@ def account(cfg: CLIConfig, as_json: bool) -> None:
             ("plan", f"{plan.name} ({plan.id}), {plan.status}"),
             ("period ends", when(plan.current_period_end)),
         ]
-    console().print(_grid("Account", rows))
+    show(_grid("Account", rows))
+
+
+def _period(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Checked while parsing, so that a bad month is a usage error (exit 2) like a bad choice.
+    try:
+        return _validate.period(value)
+    except ConfigurationError:
+        raise click.BadParameter(
+            f"{value!r} is not current, previous or a month YYYY-MM (01..12)"
+        ) from None
 
 
 @command("usage")
-@click.option("--period", default=None, help="current (default), previous, or a month YYYY-MM.")
+@click.option(
+    "--period",
+    default=None,
+    callback=_period,
+    help="current (default), previous, or a month YYYY-MM.",
+)
 @click.option(
     "--group-by",
     type=click.Choice(["class", "country"]),
@@ -159,6 +169,11 @@ def usage(cfg: CLIConfig, as_json: bool, period: str | None, group_by: str | Non
     out.print(t)
 
 
+def stdin_is_terminal() -> bool:
+    """Whether a prompt can be answered (a test replaces this)."""
+    return sys.stdin.isatty()
+
+
 def _first(iterable: Any, limit: int) -> list[Any]:
     return list(itertools.islice(iterable, limit))
 
@@ -184,7 +199,13 @@ def orders(cfg: CLIConfig, as_json: bool, order_status: str | None, limit: int) 
         echo_json(items)
         return
     t = table(
-        f"Orders ({len(items)})", "id", "plan", "amount:right", "status", "paid with", "created"
+        f"Orders ({len(items)})",
+        "id:keep",
+        "plan",
+        "amount:right",
+        "status",
+        "paid with",
+        "created",
     )
     colour = {"paid": "green", "pending": "yellow", "cancelled": "red", "expired": "dim"}
     for o in items:
@@ -198,7 +219,7 @@ def orders(cfg: CLIConfig, as_json: bool, order_status: str | None, limit: int) 
             dash(o.payment_method),
             when(o.created_at),
         )
-    console().print(t)
+    show(t)
 
 
 @command("plans")
@@ -210,12 +231,12 @@ def plans(cfg: CLIConfig, as_json: bool) -> None:
     if as_json:
         echo_json(items)
         return
-    t = table("Plans", "id", "name", "price / month:right", "bandwidth:right")
+    t = table("Plans", "id:keep", "name", "price / month:right", "bandwidth:right")
     for p in items:
         price = f"${p.price_usd:,.0f}" if p.price_usd is not None else "custom"
         gb = f"{p.bandwidth_gb:g} GB" if p.bandwidth_gb is not None else "custom"
         t.add_row(p.id, dash(p.name), price, gb)
-    console().print(t)
+    show(t)
 
 
 @command("credentials")
@@ -241,7 +262,7 @@ def credentials(cfg: CLIConfig, as_json: bool, reveal: bool) -> None:
     ]
     if cred.rotated_at is not None:
         rows.append(("rotated", when(cred.rotated_at)))
-    console().print(_grid("Gateway credentials", rows))
+    show(_grid("Gateway credentials", rows))
 
 
 @command("rotate")
@@ -250,6 +271,12 @@ def credentials(cfg: CLIConfig, as_json: bool, reveal: bool) -> None:
 @pass_config
 def rotate(cfg: CLIConfig, as_json: bool, yes: bool, reveal: bool) -> None:
     """Rotate the gateway password (the old one keeps working for 60 seconds)."""
+    if not yes and not stdin_is_terminal():
+        # No one to answer a prompt: say how to go on instead of reading an empty stdin.
+        raise click.UsageError(
+            "rotate asks for confirmation, and stdin is not a terminal: pass --yes to rotate "
+            "without asking"
+        )
     with cfg.session() as client:
         if not yes:
             click.confirm(
@@ -264,7 +291,7 @@ def rotate(cfg: CLIConfig, as_json: bool, yes: bool, reveal: bool) -> None:
         return
     password = rotated.password
     shown = password.reveal() if reveal and password is not None else str(password)
-    console().print(
+    show(
         _grid(
             "Gateway password rotated",
             [
@@ -301,9 +328,9 @@ def sessions(cfg: CLIConfig, as_json: bool, exit_class: str | None, limit: int) 
         return
     t = table(
         f"Gateway sessions ({len(items)})",
-        "id",
+        "id:keep",
         "started",
-        "exit ip",
+        "exit ip:keep",
         "class",
         "country",
         "asn",
@@ -321,7 +348,7 @@ def sessions(cfg: CLIConfig, as_json: bool, exit_class: str | None, limit: int) 
             human_bytes(s.bytes_sent),
             human_bytes(s.bytes_recv),
         )
-    console().print(t)
+    show(t)
 
 
 def _health(value: Any) -> str:
@@ -340,7 +367,7 @@ def countries(cfg: CLIConfig, as_json: bool) -> None:
         return
     t = table(
         f"Countries ({len(items)})",
-        "code",
+        "code:keep",
         "name",
         "continent",
         "exit classes",
@@ -359,7 +386,7 @@ def countries(cfg: CLIConfig, as_json: bool) -> None:
             f"{size:,}" if isinstance(size, int) else "-",
             _health(c.pool_health),
         )
-    console().print(t)
+    show(t)
 
 
 @command("asns")
@@ -372,10 +399,10 @@ def asns(cfg: CLIConfig, as_json: bool, code: str) -> None:
     if as_json:
         echo_json(items)
         return
-    t = table(f"ASNs in {code.lower()} ({len(items)})", "asn", "org", "exit class", "health")
+    t = table(f"ASNs in {code.lower()} ({len(items)})", "asn:keep", "org", "exit class", "health")
     for a in items:
         t.add_row(dash(a.asn), dash(a.org), dash(a.exit_class), _health(a.pool_health))
-    console().print(t)
+    show(t)
 
 
 COMMANDS = (

@@ -31,6 +31,7 @@ from proxaro_scrape._cli._common import (
     reveal_option,
     table,
 )
+from proxaro_scrape._cli._tables import show
 from proxaro_scrape.api import Proxaro
 from proxaro_scrape.errors import ProxaroError, TargetError
 from proxaro_scrape.gateway import GatewayManager, Target
@@ -61,7 +62,7 @@ def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option(
                 "--session-ttl",
-                type=int,
+                type=click.IntRange(protocol.MIN_SESSTIME_MINUTES, protocol.MAX_SESSTIME_MINUTES),
                 default=None,
                 help="Sticky session lifetime in minutes (1..1440; needs --session).",
             ),
@@ -361,11 +362,11 @@ def check(
         f"[bold]GET {url}[/] → {resp.status_code} in {elapsed_ms:g} ms "
         f"({n} attempt{'s' if n != 1 else ''}; target {target.describe()})"
     )
-    t = table("Exit", "ip", "country", "asn", "class", "session")
+    t = table("Exit", "ip:keep", "country", "asn:keep", "class", "session:keep")
     t.add_row(*(dash(exit_data[k]) for k in ("ip", "country", "asn", "exit_class", "session")))
-    out.print(t)
+    show(t)
     if n > 1:
-        tried = table("Attempts", "#:right", "target", "outcome", "status:right")
+        tried = table("Attempts", "#:right", "target:keep", "outcome", "status:right")
         for a in attempts:
             tried.add_row(
                 str(a["attempt"]),
@@ -373,7 +374,7 @@ def check(
                 a["outcome"],
                 dash(a["status"]),
             )
-        out.print(tried)
+        show(tried)
     text = json.dumps(body, indent=2, ensure_ascii=False) if not isinstance(body, str) else body
     if len(text) > _BODY_SHOWN:
         text = text[:_BODY_SHOWN] + f"\n… ({len(text) - _BODY_SHOWN} more characters)"

@@ -29,7 +29,8 @@ from proxaro_scrape._cli._common import (
     table,
     when,
 )
-from proxaro_scrape._secrets import Secret
+from proxaro_scrape._cli._tables import show
+from proxaro_scrape._secrets import Secret, check_secret_path, write_secret_file
 from proxaro_scrape.api import Webhook
 
 __all__ = ["COMMANDS"]
@@ -58,10 +59,10 @@ def allowlist_list(cfg: CLIConfig, as_json: bool) -> None:
     if not items:
         console().print("The allowlist is empty: the gateway accepts credentials from anywhere.")
         return
-    t = table(f"Allowlist ({len(items)})", "id", "cidr", "label", "created")
+    t = table(f"Allowlist ({len(items)})", "id:keep", "cidr:keep", "label", "created")
     for e in items:
         t.add_row(e.id, dash(e.cidr), dash(e.label), when(e.created_at))
-    console().print(t)
+    show(t)
 
 
 @command("add")
@@ -106,23 +107,35 @@ def webhooks() -> None:
     """Webhook endpoints: list, create, rotate a secret, or receive events here."""
 
 
+def _check_secret_file(path: str | None) -> None:
+    """Refuse a --secret-file that cannot be written safely, before the API is asked."""
+    if path is not None:
+        check_secret_path(path, param="--secret-file")
+
+
 def _save_secret(hook: Webhook, path: str | None) -> None:
-    """Write the signing secret to ``path`` (mode 0600) so it need not be shown."""
+    """Write the signing secret to ``path`` (0600, atomically, never through a link)."""
     if path is None or hook.secret is None:
         return
-    target = Path(path)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(hook.secret.reveal() + "\n")
+    target = write_secret_file(path, hook.secret, param="--secret-file")
     err_console().print(f"Secret written to {target}")
+
+
+def _json_note(hook: Webhook, reveal: bool, secret_file: str | None) -> None:
+    """With --json and a masked secret, say on stderr how a script gets the real one."""
+    if hook.secret is not None and not reveal and secret_file is None:
+        err_console().print(
+            "The secret in this JSON is masked and is shown only now: pass --reveal to have "
+            "it in the JSON, or --secret-file PATH to have it written to a file (mode 0600)."
+        )
 
 
 def _show_hook(hook: Webhook, reveal: bool, title: str) -> None:
     secret = hook.secret
     shown = "-" if secret is None else secret.reveal() if reveal else str(secret)
-    t = table(title, "id", "url", "events", "label", "secret")
+    t = table(title, "id:keep", "url:keep", "events", "label", "secret:keep")
     t.add_row(hook.id, dash(hook.url), ", ".join(hook.events or []), dash(hook.label), shown)
-    console().print(t)
+    show(t)
     if secret is not None and not reveal:
         err_console().print(
             "The secret is shown only now: pass --reveal, or --secret-file PATH to save it."
@@ -133,7 +146,8 @@ _secret_file_option = click.option(
     "--secret-file",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    help="Write the signing secret to this file (mode 0600).",
+    help="Write the signing secret to this file (mode 0600, replaced atomically; a symbolic "
+    "link is refused).",
 )
 
 
@@ -149,10 +163,10 @@ def webhooks_list(cfg: CLIConfig, as_json: bool) -> None:
     if not items:
         console().print("No webhook endpoints.")
         return
-    t = table(f"Webhooks ({len(items)})", "id", "url", "events", "label", "created")
+    t = table(f"Webhooks ({len(items)})", "id:keep", "url:keep", "events", "label", "created")
     for h in items:
         t.add_row(h.id, dash(h.url), ", ".join(h.events or []), dash(h.label), when(h.created_at))
-    console().print(t)
+    show(t)
 
 
 @command("create")
@@ -178,11 +192,13 @@ def webhooks_create(
     secret_file: str | None,
 ) -> None:
     """Register the HTTPS endpoint URL for events."""
+    _check_secret_file(secret_file)
     with cfg.session() as client:
         hook = client.webhooks.create(url, list(events) or ["*"], label=label)
     _save_secret(hook, secret_file)
     if as_json:
         echo_json(hook, reveal=reveal)
+        _json_note(hook, reveal, secret_file)
         return
     _show_hook(hook, reveal, "Webhook created")
 
@@ -196,11 +212,13 @@ def webhooks_rotate(
     cfg: CLIConfig, as_json: bool, webhook_id: str, reveal: bool, secret_file: str | None
 ) -> None:
     """Give webhook ID (wh_...) a new signing secret."""
+    _check_secret_file(secret_file)
     with cfg.session() as client:
         hook = client.webhooks.rotate_secret(webhook_id)
     _save_secret(hook, secret_file)
     if as_json:
         echo_json(hook, reveal=reveal)
+        _json_note(hook, reveal, secret_file)
         return
     _show_hook(hook, reveal, "Webhook secret rotated")
 

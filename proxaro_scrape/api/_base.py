@@ -97,6 +97,16 @@ def redact(text: str, key: Secret | None) -> str:
     return text
 
 
+def is_error_envelope(body: Any) -> bool:
+    """Whether ``body`` is the reference's error envelope, ``{"error": {"type": ..., ...}}``:
+    an object whose ``error`` is an object naming a ``type`` or a ``message`` (no model of the
+    reference has an ``error`` object)."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("error"), Mapping):
+        return False
+    inner = body["error"]
+    return isinstance(inner.get("type"), str) or isinstance(inner.get("message"), str)
+
+
 def error_from_response(
     status: int,
     headers: Mapping[str, str],
@@ -411,6 +421,10 @@ def parse_response(
             status=status,
             request_id=response.headers.get("x-request-id"),
         ) from None
+    if is_error_envelope(body):
+        # Some gateways and proxies answer 200 with the error inside: that is an error, not an
+        # object whose every field reads None.
+        raise error_from_response(status, response.headers, content, now=now, key=key)
     try:
         return spec.parse(body)
     except (TypeError, KeyError, ValueError) as exc:

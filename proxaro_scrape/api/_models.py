@@ -5,8 +5,9 @@ are converted by type: timestamps become aware ``datetime`` objects, secrets (a 
 ``password``, a webhook ``secret``) become :class:`~proxaro_scrape._secrets.Secret`, nested
 objects become models.  The reference promises additive changes only within v1, so a field this
 version does not know is never an error: it is kept in :attr:`Model.extra` and reachable as an
-attribute too (``country.new_field`` or ``country.extra["new_field"]``).  A declared field the
-API left out reads as ``None``.
+attribute too (``country.new_field`` or ``country.extra["new_field"]``); its value never shows
+in ``repr`` (only its name), and a string under a secret-sounding name is a :class:`Secret`.
+A declared field the API left out reads as ``None``.
 
 >>> usage = Usage.from_dict({"total_bytes": 12, "period_start": "2026-04-01T00:00:00Z"})
 >>> usage.total_bytes, usage.period_start.tzinfo is not None
@@ -15,6 +16,7 @@ API left out reads as ``None``.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -51,6 +53,23 @@ def parse_datetime(value: Any) -> datetime | Any:
         except ValueError:
             return value
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return value
+
+
+#: Names of fields that hold a secret, whatever object they come in.
+_SECRET_NAME = re.compile(r"secret|passw(or)?d|token|api_?key|private_?key", re.IGNORECASE)
+
+
+def _guard(name: str, value: Any) -> Any:
+    """An unknown field's value, with any string under a secret-sounding name (``password``,
+    ``signing_secret``, ``api_key``, ``token``...) wrapped as a :class:`Secret`, nested objects
+    included: a field added to the API after this version must not print a secret."""
+    if isinstance(value, str):
+        return Secret(value) if _SECRET_NAME.search(name) else value
+    if isinstance(value, Mapping):
+        return {str(k): _guard(str(k), v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_guard(name, v) for v in value]
     return value
 
 
@@ -109,13 +128,14 @@ class Model:
             if name in conv:
                 values[name] = conv[name](value)
             else:
-                extra[name] = value
+                extra[name] = _guard(name, value)
         for name in conv:
             object.__setattr__(self, name, values.get(name))
         object.__setattr__(self, "extra", extra)
         # The raw object, in the API's order, with secrets already wrapped.
         self.__dict__["_raw"] = {
-            k: (values[k] if isinstance(values.get(k), Secret) else v) for k, v in fields.items()
+            k: (values[k] if isinstance(values.get(k), Secret) else extra.get(k, v))
+            for k, v in fields.items()
         }
 
     @classmethod
@@ -174,7 +194,8 @@ class Model:
         raw = self.__dict__["_raw"]
         parts = [f"{name}={getattr(self, name)!r}" for name in conv if name in raw]
         if self.extra:
-            parts.append(f"extra={self.extra!r}")
+            # Names only: a field this version does not know may hold anything.
+            parts.append(f"extra_fields={tuple(self.extra)!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
