@@ -660,3 +660,28 @@ def test_configuration_errors() -> None:
             RoutingCore(**kw)
     with pytest.raises(TargetError):
         RoutingCore(target={"country": "USA"})
+
+
+def test_every_outcome_kind_has_its_handler() -> None:
+    from proxaro_scrape.gateway._request import _HANDLERS
+    from proxaro_scrape.gateway.outcome import KINDS
+
+    assert set(_HANDLERS) == set(KINDS)
+
+
+@pytest.mark.parametrize(
+    ("headers", "kind"),
+    [
+        ({"X-Proxaro-Error": "bad_targeting"}, "bad_targeting"),
+        ({"X-Proxaro-Error": "scope_required"}, "scope_required"),
+        ({"X-Proxaro-Error": "source_not_allowed"}, "source_not_allowed"),
+    ],
+)
+def test_a_refusal_touches_no_session_or_breaker(headers: dict[str, str], kind: str) -> None:
+    core, _ = make(target={"country": "de"}, sticky="domain")
+    rr, route = send(core)
+    status = 400 if kind == "bad_targeting" else 403
+    out = rr.observe(status, headers)
+    assert (out.kind, out.retry) == (kind, False) and out.error is not None
+    assert core.breakers.snapshot().get("c:de") is None
+    assert core.store.session_get(rr.session_key).session_id == route.session_id
