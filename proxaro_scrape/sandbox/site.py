@@ -20,20 +20,40 @@ Tools for tests:
 - ``/redirect?to=URL[&status=302]`` (same-host or cross-host), ``/status/<code>``,
   ``/delay/<ms>``, ``/bytes/<n>`` (Content-Length), ``/stream/<n>?size=&delay_ms=`` (chunked),
   ``POST|PUT /echo`` → ``{"bytes", "sha256", "transfer_encoding", "content_length"}``.
+  (The tools live in :mod:`proxaro_scrape.sandbox._site_tools`.)
+
+A site that speaks as if it were the gateway (the trust rules of ``gateway-protocol.md``,
+section 3), on the HTTP and the HTTPS port alike:
+
+- ``/spoof/<status>[?error=<code>]`` (any method, status 200..599) answers ``<status>`` with the
+  site's own ``X-Proxaro-Error: <code>`` and a made-up exit: ``X-Proxaro-Exit-IP: 203.0.113.7``,
+  ``X-Proxaro-Exit-Country: zz``, ``X-Proxaro-Exit-ASN: AS64496``, ``X-Proxaro-Exit-Class:
+  datacenter``, ``X-Proxaro-Session: spoofed``; the body is JSON ``{"spoofed_by": "site",
+  "status", "error"}``.  The default code follows the protocol's table for the status:
+  ``bad_targeting`` for 200 and 400, ``source_not_allowed`` for 403, ``auth_failed`` for 407,
+  ``no_exit`` for 502, ``target_timeout`` for 504, ``no_exit`` for any other; ``?error=`` (empty)
+  sends no ``X-Proxaro-Error``; any other code must match ``[a-z_]{1,40}`` (else 400).  A 407
+  also carries ``Proxy-Authenticate: Basic realm="site"``.
+- What a client sees of them: over plain HTTP the gateway strips every ``X-Proxaro-*`` and
+  ``Proxy-*`` header of the site's answer and adds its own exit headers, so the status arrives
+  with the real exit and no ``X-Proxaro-Error``; inside a CONNECT tunnel (HTTPS) the answer
+  arrives exactly as the site sent it, spoofed headers included, and only the answer to the
+  CONNECT carries the gateway's headers.
+- They are exempt from the anti-bot budget, bans and slow pages (below), so that they answer the
+  same however often and in whatever order a test calls them; they count in ``site.requests``.
 
 Anti-bot, per client address, in world time (``world.knobs``): ``site_budget`` requests per
 ``site_ban_window`` seconds.  The first request past the budget gets 429 (with
 ``Retry-After``) and starts a ban: every request of that address then gets a 403 "banned"
 page for ``site_ban_seconds``, after which a fresh window starts.  Slow pages: ``site_slow_ms``
 of added latency on paths starting with one of ``site_slow_paths`` (all paths when that list
-is empty).  ``/catalog.json`` and ``/robots.txt`` are exempt from both, so that tests can always
-read the totals.  Every request counts in ``site.requests``.
+is empty).  ``/catalog.json``, ``/robots.txt`` and the ``/spoof/`` pages are exempt from both,
+so that tests can always read the totals.  Every request counts in ``site.requests``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import html
 import math
 import random
@@ -42,13 +62,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxaro_scrape.sandbox._site_tools import MAX_BYTES, SPOOF_PREFIX, tool_routes
 from proxaro_scrape.sandbox.world import World
 
 __all__ = ["PAGE_SIZE", "Product", "build_site_app", "catalogue"]
 
 PAGE_SIZE = 20
 _EXEMPT = frozenset({"/catalog.json", "/robots.txt"})
-_MAX_BYTES = 50 * 1024 * 1024
 _MAX_ADDRESSES = 100_000
 
 _ADJECTIVES = (
@@ -151,7 +171,7 @@ def build_site_app(world: World) -> web.Application:
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         world.counters["site.requests"] += 1
         path = request.path
-        if path in _EXEMPT:
+        if path in _EXEMPT or path.startswith(SPOOF_PREFIX):
             return await handler(request)
         knobs = world.knobs
         address = request.remote or ""
@@ -279,110 +299,7 @@ def build_site_app(world: World) -> web.Application:
     async def robots(request: web.Request) -> web.Response:
         return web.Response(text="User-agent: *\nAllow: /\n")
 
-    @routes.get("/ip")
-    async def ip(request: web.Request) -> web.Response:
-        address = request.remote or ""
-        ex = world.exit_for_address(address)
-        if ex is None:
-            return web.json_response(
-                {"ip": address, "country": None, "asn": None, "exit_class": None}
-            )
-        return web.json_response(
-            {"ip": ex.ip, "country": ex.country, "asn": ex.asn, "exit_class": ex.exit_class}
-        )
-
-    @routes.get("/headers")
-    async def headers(request: web.Request) -> web.Response:
-        seen: dict[str, str] = {}
-        for raw_name, raw_value in request.raw_headers:
-            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-            seen[name] = f"{seen[name]}, {value}" if name in seen else value
-        return web.json_response({"headers": seen})
-
-    @routes.get("/redirect")
-    async def redirect(request: web.Request) -> web.Response:
-        to = request.query.get("to")
-        if not to:
-            raise web.HTTPBadRequest(text="give ?to=URL\n")
-        try:
-            status = int(request.query.get("status", "302"))
-        except ValueError:
-            status = 0
-        if status not in (301, 302, 303, 307, 308):
-            raise web.HTTPBadRequest(text="status is one of 301, 302, 303, 307, 308\n")
-        return web.Response(status=status, headers={"Location": to}, text=f"see {to}\n")
-
-    @routes.route("*", "/status/{code}")
-    async def status(request: web.Request) -> web.Response:
-        try:
-            code = int(request.match_info["code"])
-        except ValueError:
-            code = 0
-        if not 200 <= code <= 599:
-            raise web.HTTPBadRequest(text="status is 200..599\n")
-        if code in (204, 304):
-            return web.Response(status=code)
-        return web.Response(status=code, text=f"status {code}\n")
-
-    @routes.get("/delay/{ms}")
-    async def delay(request: web.Request) -> web.Response:
-        try:
-            ms = min(60_000, max(0, int(request.match_info["ms"])))
-        except ValueError:
-            raise web.HTTPBadRequest(text="milliseconds, as an integer\n") from None
-        await asyncio.sleep(ms / 1000)
-        return web.json_response({"delayed_ms": ms})
-
-    @routes.get("/bytes/{n}")
-    async def nbytes(request: web.Request) -> web.Response:
-        try:
-            n = int(request.match_info["n"])
-        except ValueError:
-            n = -1
-        if not 0 <= n <= _MAX_BYTES:
-            raise web.HTTPBadRequest(text=f"0..{_MAX_BYTES} bytes\n")
-        block = bytes(range(256))
-        body = (block * (n // 256 + 1))[:n]
-        return web.Response(body=body, content_type="application/octet-stream")
-
-    @routes.get("/stream/{n}")
-    async def stream(request: web.Request) -> web.StreamResponse:
-        try:
-            n = int(request.match_info["n"])
-            size = int(request.query.get("size", "1024"))
-            delay_ms = int(request.query.get("delay_ms", "0"))
-        except ValueError:
-            raise web.HTTPBadRequest(text="integers, please\n") from None
-        if not (0 <= n <= 10_000 and 1 <= size <= 1024 * 1024 and 0 <= delay_ms <= 10_000):
-            raise web.HTTPBadRequest(text="n 0..10000, size 1..1048576, delay_ms 0..10000\n")
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        for i in range(n):
-            await resp.write(bytes([i % 256]) * size)
-            if delay_ms:
-                await asyncio.sleep(delay_ms / 1000)
-        await resp.write_eof()
-        return resp
-
-    async def echo(request: web.Request) -> web.Response:
-        digest = hashlib.sha256()
-        total = 0
-        async for data in request.content.iter_any():
-            digest.update(data)
-            total += len(data)
-        return web.json_response(
-            {
-                "method": request.method,
-                "bytes": total,
-                "sha256": digest.hexdigest(),
-                "transfer_encoding": request.headers.get("Transfer-Encoding"),
-                "content_length": request.headers.get("Content-Length"),
-            }
-        )
-
-    app = web.Application(middlewares=[guard], client_max_size=_MAX_BYTES)
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BYTES)
     app.add_routes(routes)
-    app.router.add_post("/echo", echo)
-    app.router.add_put("/echo", echo)
+    app.add_routes(tool_routes(world))
     return app
