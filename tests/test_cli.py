@@ -448,9 +448,9 @@ def test_proxy_url_works_as_a_proxy_with_httpx_and_curl(sandbox: Sandbox) -> Non
 def test_proxy_url_refuses_bad_targets_before_sending(sandbox: Sandbox) -> None:
     before = sandbox.world.counters["gateway.connections"]
     assert "did you mean" in one_error_line(cli(sandbox, "proxy-url", "--country", "zz"), code=2)
-    assert "country" in one_error_line(cli(sandbox, "proxy-url", "--city", "berlin"))
-    assert "session" in one_error_line(cli(sandbox, "proxy-url", "--session", "a b"))
-    line = one_error_line(cli(sandbox, "proxy-url", "--session-ttl", "5"))
+    assert "country" in one_error_line(cli(sandbox, "proxy-url", "--city", "berlin"), code=2)
+    assert "session" in one_error_line(cli(sandbox, "proxy-url", "--session", "a b"), code=2)
+    line = one_error_line(cli(sandbox, "proxy-url", "--session-ttl", "5"), code=2)
     assert line.startswith("Error: --session-ttl: ") and "sticky session" in line
     assert sandbox.world.counters["gateway.connections"] == before
 
@@ -512,7 +512,7 @@ def test_wrong_key_local_and_remote_is_one_line(sandbox: Sandbox) -> None:
     )
     assert "HTTP 401" in remote and "request req_" in remote and WRONG_KEY not in remote
     assert sandbox.world.counters["api.requests"] == before + 1
-    missing = one_error_line(cli(None, "--base-url", sandbox.api_url, "credentials"))
+    missing = one_error_line(cli(None, "--base-url", sandbox.api_url, "credentials"), code=2)
     assert "--api-key" in missing and "PROXARO_API_KEY" in missing
 
 
