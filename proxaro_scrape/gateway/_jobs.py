@@ -214,6 +214,8 @@ class Jobs:
                 self.core.store.incr("pool_refreshes")
             elif job == "asns":
                 for code in self.asn_batch():
+                    if self.core.pool.asn_allowed is False:
+                        break  # scope_required: every other listing would be refused too
                     yield from self.fetch_asns(code)
             elif job == "usage":
                 ok = yield from self.usage()
