@@ -508,111 +508,21 @@ def test_addon_installs_the_middleware_before_httpproxy() -> None:
     assert crawler.settings.getdict("DOWNLOADER_MIDDLEWARES")[ProxaroDownloaderMiddleware] == 700
 
 
-KEY = "proxaro_test_" + "0" * 32
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "words"),
-    [
-        ("PROXARO_STICKY", "session", "'off', 'domain', 'cookiejar'"),
-        ("PROXARO_STICKY", 1, "'off', 'domain', 'cookiejar'"),
-        ("PROXARO_TARGET", "us", "not valid JSON"),
-        ("PROXARO_TARGET", ["us"], "must be a dict"),
-        ("PROXARO_TARGET", {"country": "USA"}, "ISO 3166-1"),
-        ("PROXARO_TARGET", {"land": "us"}, "unknown target key"),
-        ("PROXARO_SESSION_TTL", "ten", "whole number"),
-        ("PROXARO_SESSION_TTL", 0, "whole number >= 1"),
-        ("PROXARO_SESSION_TTL", 5000, "1 to 1440"),
-        ("PROXARO_SESSION_LRU_SIZE", 1.5, "whole number"),
-        ("PROXARO_FAILOVER", "sometimes", "True, False or a list"),
-        ("PROXARO_FAILOVER", {"country": "de"}, "True, False or a list"),
-        ("PROXARO_FAILOVER", [{"country": "DE"}], "ISO 3166-1"),
-        ("PROXARO_MAX_ATTEMPTS", 0, "whole number >= 1"),
-        ("PROXARO_MAX_ATTEMPTS", True, "whole number"),
-        ("PROXARO_BAN_STATUS_CODES", 403, "list of HTTP statuses"),
-        ("PROXARO_BAN_STATUS_CODES", [403, "teapot"], "HTTP statuses"),
-        ("PROXARO_BAN_STATUS_CODES", [1000], "HTTP statuses"),
-        ("PROXARO_IS_BAN", 42, "callable"),
-        ("PROXARO_IS_BAN", "no.such.module.is_ban", "cannot import"),
-        ("PROXARO_USAGE_CAP_ACTION", "halt", "'warn' or 'stop'"),
-        ("PROXARO_CREDENTIALS_POLL_INTERVAL", 0, "seconds > 0"),
-        ("PROXARO_CREDENTIALS_POLL_INTERVAL", None, "seconds > 0"),
-        ("PROXARO_POOL_TTL", "soon", "seconds > 0"),
-        ("PROXARO_STATS_INTERVAL", -1, "seconds > 0"),
-        ("PROXARO_API_KEY", 12345, "must be a str"),
-        ("PROXARO_API_KEY", "sk_live_abc", "proxaro_live_ or proxaro_test_"),
-        ("PROXARO_BASE_URL", 8080, "URL"),
-        ("PROXARO_BASE_URL", "ftp://api.example", "PROXARO_BASE_URL"),
-        ("PROXARO_ENABLED", "maybe", "True or False"),
-    ],
-)
-def test_wrong_settings_name_the_setting(name: str, value: Any, words: str) -> None:
-    settings = {"PROXARO_API_KEY": KEY, name: value}
-    crawler = get_crawler(settings_dict=settings)
-    with pytest.raises(ConfigurationError) as info:
-        ProxaroDownloaderMiddleware.from_crawler(crawler)
-    assert info.value.param == name
-    assert name in str(info.value)
-    assert words in str(info.value)
-    assert KEY not in str(info.value) and "sk_live_abc" not in str(info.value)
-
-
-def test_settings_from_the_command_line_are_parsed() -> None:
-    crawler = get_crawler(
-        settings_dict={
-            "PROXARO_API_KEY": KEY,
-            "PROXARO_TARGET": '{"country": "de", "class": "residential"}',
-            "PROXARO_STICKY": "Domain",
-            "PROXARO_FAILOVER": '[{"country": "fr"}]',
-            "PROXARO_BAN_STATUS_CODES": "403,429,503",
-            "PROXARO_MAX_ATTEMPTS": "7",
-            "PROXARO_USAGE_POLL_INTERVAL": "None",
-            "PROXARO_IS_BAN": "tests.test_scrapy_integration.captcha_is_ban",
-        }
-    )
-    mw = ProxaroDownloaderMiddleware.from_crawler(crawler)
-    assert mw.manager.default_target == Target(country="de", exit_class="residential")
-    assert mw.config.sticky == "domain"
-    assert mw.config.failover == [Target(country="fr")]
-    assert mw.config.ban_status_codes == (403, 429, 503)
-    assert mw.config.max_attempts == 7
-    assert mw.config.usage_poll_interval is None
-    assert mw.config.is_ban is not None
-    assert mw.config.is_ban.__qualname__ == captcha_is_ban.__qualname__
-
-
-def captcha_is_ban(status: int, headers: Any, body: Any) -> bool:
-    return b"captcha" in (body or b"")
-
-
-def test_missing_api_key_names_the_setting_and_the_variable(monkeypatch: Any) -> None:
-    monkeypatch.delenv("PROXARO_API_KEY", raising=False)
-    crawler = get_crawler(settings_dict={})
-    with pytest.raises(ConfigurationError) as info:
-        ProxaroDownloaderMiddleware.from_crawler(crawler)
-    assert info.value.param == "PROXARO_API_KEY"
-    assert "environment" in str(info.value)
-
-
-def test_middleware_after_httpproxy_is_refused() -> None:
-    crawler = get_crawler(
-        settings_dict={
-            "PROXARO_API_KEY": KEY,
-            "DOWNLOADER_MIDDLEWARES": {ProxaroDownloaderMiddleware: 800},
-        }
-    )
-    with pytest.raises(ConfigurationError, match="before"):
-        ProxaroDownloaderMiddleware.from_crawler(crawler)
-    crawler = get_crawler(settings_dict={"PROXARO_API_KEY": KEY, "HTTPPROXY_ENABLED": False})
-    with pytest.raises(ConfigurationError, match="HttpProxyMiddleware"):
-        ProxaroDownloaderMiddleware.from_crawler(crawler)
-
-
 @pytest_twisted.ensureDeferred
-async def test_a_bad_setting_stops_the_crawl_at_start(sandbox: Sandbox) -> None:
-    with pytest.raises(ConfigurationError, match="PROXARO_STICKY"):
-        await crawl(Collect, settings_for(sandbox, PROXARO_STICKY="always"), requests=[])
+async def test_a_bad_setting_closes_the_spider_at_start_and_sends_nothing(
+    sandbox: Sandbox, caplog: Any
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="proxaro_scrape"):
+        crawler = await crawl(
+            Collect,
+            settings_for(sandbox, PROXARO_TARGET={"country": "USA"}),
+            requests=[(f"{sandbox.site_url}/ip", {})],
+        )
+    assert crawler.stats.get_value("finish_reason") == "proxaro_config"  # type: ignore[union-attr]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "PROXARO_TARGET" in errors[0], errors
     assert sandbox.world.counters["gateway.connections"] == 0
+    assert sandbox.world.counters["site.requests"] == 0
 
 
 @pytest_twisted.ensureDeferred
