@@ -4,7 +4,7 @@ The sandbox shares nothing with the client side but :mod:`proxaro_scrape.protoco
 tables), so that the two cannot agree on the same mistake.
 """
 
-from proxaro_scrape.sandbox._runner import Sandbox
+from proxaro_scrape.sandbox._runner import Sandbox, SandboxConfigError
 from proxaro_scrape.sandbox.world import Clock, World
 
-__all__ = ["Clock", "Sandbox", "World"]
+__all__ = ["Clock", "Sandbox", "SandboxConfigError", "World"]

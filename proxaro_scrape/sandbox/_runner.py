@@ -21,11 +21,23 @@ from typing import Any, TypeVar
 import trustme
 from aiohttp import web
 
+from proxaro_scrape.sandbox._config import (
+    ALL_COMPONENTS,
+    SandboxConfigError,
+    check_components,
+    check_host,
+    check_plan,
+    check_ports,
+    check_seconds,
+    check_seed,
+    check_speed,
+)
 from proxaro_scrape.sandbox.world import Clock, World
+
+__all__ = ["ALL_COMPONENTS", "INFO_KEYS", "Sandbox", "SandboxConfigError"]
 
 T = TypeVar("T")
 
-ALL_COMPONENTS = frozenset({"api", "gateway", "site", "webhooks"})
 #: The keys of ``proxaro-scrape sandbox --json``'s one line, in order (a contract with scripts).
 INFO_KEYS = (
     "api_url",
@@ -48,6 +60,12 @@ class Sandbox:
     Every port defaults to 0 (a free ephemeral port).  ``clock_speed`` compresses world time
     (60 = one world minute per real second); ``grace_seconds`` is the rotation grace in world
     seconds.  ``components`` starts only part of it (for example ``{"api"}``).
+
+    Every argument is checked here, before anything is generated, written or bound: a wrong
+    type (a bool or a str for a port), a value out of range (a port past 65535, a negative
+    grace, a clock speed of 0, NaN or infinity), a host off loopback, an unknown plan or
+    component, or one fixed port given twice raises :class:`SandboxConfigError` (a
+    ``ValueError``) whose ``param`` and message name the argument.
     """
 
     def __init__(
@@ -64,18 +82,23 @@ class Sandbox:
         clock_speed: float = 1.0,
         components: Collection[str] = ALL_COMPONENTS,
     ) -> None:
-        unknown = set(components) - ALL_COMPONENTS
-        if unknown:
-            raise ValueError(f"unknown sandbox component(s): {', '.join(sorted(unknown))}")
-        if not _is_loopback(host):
-            raise ValueError(f"the sandbox only listens on loopback, not {host!r}")
-        self.host = host
-        self.components = frozenset(components)
+        seed = check_seed(seed)
+        plan = check_plan(plan)
+        self.host = check_host(host)
+        self.components = check_components(components)
+        ports = check_ports(
+            api_port=api_port,
+            gateway_port=gateway_port,
+            site_port=site_port,
+            site_https_port=site_https_port,
+        )
+        grace_seconds = check_seconds("grace_seconds", grace_seconds)
+        clock_speed = check_speed("clock_speed", clock_speed)
         self._ports = {
-            "api": api_port,
-            "gateway": gateway_port,
-            "site": site_port,
-            "site_https": site_https_port,
+            "api": ports["api_port"],
+            "gateway": ports["gateway_port"],
+            "site": ports["site_port"],
+            "site_https": ports["site_https_port"],
         }
         self.world = World(
             seed,
@@ -323,14 +346,3 @@ def _bound_port(site: web.TCPSite) -> int:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
