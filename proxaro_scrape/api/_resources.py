@@ -60,7 +60,17 @@ def _data(body: Any) -> list[Any]:
 
 
 def _one(model: type[M]) -> Callable[[Any], M]:
-    return lambda body: model.from_dict(_mapping(body))
+    def parse(body: Any) -> M:
+        fields = _mapping(body)
+        # An object with none of the model's fields is not that object (an empty body, an
+        # error in another shape): a model full of None would only fail later, further away.
+        if fields and not any(name in fields for name in model._field_converters()):
+            raise TypeError(f"expected a {model.__name__} object, got keys {sorted(fields)[:5]}")
+        if not fields:
+            raise TypeError(f"expected a {model.__name__} object, got an empty object")
+        return model.from_dict(fields)
+
+    return parse
 
 
 def _many(model: type[M]) -> Callable[[Any], list[M]]:

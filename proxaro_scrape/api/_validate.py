@@ -422,6 +422,17 @@ def webhook_url(value: Any) -> str:
         )
     if not parts.hostname:
         raise ConfigurationError(f"url has no host: {value!r}", param="url")
+    if any(c.isspace() or ord(c) < 32 or c == "\\" for c in value):
+        raise ConfigurationError(
+            f"url must not contain whitespace, control characters or backslashes: {value!r}",
+            param="url",
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigurationError(f"url must have a port from 1 to 65535: {value!r}", param="url")
     return value
 
 
