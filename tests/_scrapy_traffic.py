@@ -19,11 +19,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import scrapy
-from proxaro_scrape.integrations.scrapy import (
-    ProxaroAddon,
-    ProxaroDownloaderMiddleware,
-    ProxaroGaveUp,
-)
 from scrapy import signals
 from scrapy.crawler import Crawler, CrawlerRunner
 from scrapy.exceptions import DontCloseSpider
@@ -31,6 +26,11 @@ from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
 from proxaro_scrape import GatewayManager, ProxaroError
+from proxaro_scrape.integrations.scrapy import (
+    ProxaroAddon,
+    ProxaroDownloaderMiddleware,
+    ProxaroGaveUp,
+)
 
 #: Request chains (and CONCURRENT_REQUESTS) of a fault-suite crawl.
 CONCURRENCY = 12

@@ -18,18 +18,18 @@ from typing import Any
 import pytest
 import pytest_twisted
 import scrapy
-from proxaro_scrape.integrations.scrapy import (
-    MIDDLEWARE_PRIORITY,
-    ProxaroAddon,
-    ProxaroDownloaderMiddleware,
-    ProxaroGaveUp,
-)
 from scrapy.crawler import Crawler, CrawlerRunner
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.test import get_crawler
 
 from proxaro_scrape import Proxaro, SourceNotAllowedError, Target
 from proxaro_scrape.errors import ConfigurationError
+from proxaro_scrape.integrations.scrapy import (
+    MIDDLEWARE_PRIORITY,
+    ProxaroAddon,
+    ProxaroDownloaderMiddleware,
+    ProxaroGaveUp,
+)
 from proxaro_scrape.sandbox import Sandbox
 from proxaro_scrape.sandbox.site import PAGE_SIZE, catalogue
 

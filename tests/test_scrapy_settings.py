@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from proxaro_scrape.integrations.scrapy import ProxaroDownloaderMiddleware
 from scrapy.utils.test import get_crawler
 
 from proxaro_scrape import Target
 from proxaro_scrape.errors import ConfigurationError, TargetError
+from proxaro_scrape.integrations.scrapy import ProxaroDownloaderMiddleware
 
 KEY = "proxaro_test_" + "0" * 32
 
