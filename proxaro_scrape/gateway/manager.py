@@ -213,7 +213,7 @@ class GatewayManager:
                 elif home is not None and home.is_running():
                     job = adrive(self._jobs.fetch_asns(code), self._async_client)
                     asyncio.run_coroutine_threadsafe(job, home).result(REFRESH_WAIT)
-            except ProxaroError as exc:
+            except (ProxaroError, TimeoutError) as exc:
                 self._asns_unavailable(code, exc)
         return self.core.check(t)
 
@@ -240,7 +240,7 @@ class GatewayManager:
                 self._asns_unavailable(code, exc)
         return self.core.check(t)
 
-    def _asns_unavailable(self, code: str, exc: ProxaroError) -> None:
+    def _asns_unavailable(self, code: str, exc: Exception) -> None:
         # The API could not say (down, rate limited): check from what is cached; the
         # background job fetches the listing later, and the gateway checks the target anyway.
         logger.warning(
