@@ -7,6 +7,7 @@ import pytest
 from benchmarks.gateway import run
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_quick_gateway_benchmark_produces_the_figure() -> None:
     result = run(quick=True)
@@ -14,5 +15,4 @@ def test_quick_gateway_benchmark_produces_the_figure() -> None:
     assert result["proxy_py_rps"] > 0
     assert isinstance(result["ratio"], float) and result["ratio"] > 0
     assert result["errors"] == {"gateway": 0, "proxy_py": 0}
-    assert result["goal"] == ">= 1.0"
     assert {"gateway_cpu_us_per_request", "proxy_py_cpu_us_per_request"} <= set(result)

@@ -1,9 +1,9 @@
 """The benchmark suite: every figure is produced in quick mode, and a broken module is reported.
 
-The smoke test runs ``python -m benchmarks --quick`` as a user would, in a
-subprocess, and checks that every figure of the table is present and numeric, not that it
-meets its goal (quick counts are too small to compare with the goals, and the machine is
-shared).
+The smoke test (slow tier) runs ``python -m benchmarks --quick`` as a user would, from the root
+of the clone, in a subprocess, and checks that every figure of the table is present and numeric,
+not that it meets its goal (quick counts are too small to compare with the goals, and the
+machine is shared).
 """
 
 from __future__ import annotations
@@ -14,31 +14,27 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks import suite
+from benchmarks import ROOT, suite
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_quick_suite_produces_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=400,
-        cwd=tmp_path,
+        cwd=ROOT,  # the benchmarks are run from a clone, not installed
         env={**os.environ, "COLUMNS": "400"},  # no cell folded over two lines
     )
-    took = time.monotonic() - t0
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode} after {took:.0f} s:\n{proc.stderr[-4000:]}"
-    )
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stderr[-4000:]}"
     report = json.loads(out.read_text())
     assert report["quick"] is True
     rows = {row["id"]: row for row in report["figures"]}
@@ -70,11 +66,10 @@ def test_a_module_that_fails_leaves_its_figures_unproduced_with_the_reason() -> 
     assert row["error"].startswith("core: ")
 
 
+@pytest.mark.timeout(60)  # the module runs for minutes unless it is stopped
 def test_a_module_past_its_time_limit_is_stopped_with_its_whole_tree() -> None:
     webhook = next(g for g in suite.GROUPS if g.name == "webhook")
-    t0 = time.monotonic()
     module = suite._run_group(dataclasses.replace(webhook, timeout_quick=1.0), True, print)
-    assert time.monotonic() - t0 < 30
     assert module["ok"] is False and module["error"] == "did not finish within 1 s"
 
 
