@@ -179,6 +179,20 @@ class Proxaro(_ClientBase):
     HEAD, OPTIONS, DELETE, PUT; see :func:`~proxaro_scrape.api._base.should_retry`).
     ``pacer`` (off by default) paces requests to stay under the plan's budget.  ``http_client``
     brings your own ``httpx.Client`` (which the client then does not close).
+
+    ``timeout`` (seconds, default 30) is ONE deadline per call: connecting, sending, every read,
+    the backoff between retries and any ``Retry-After`` wait all fit in it, so a server that
+    trickles its answer cannot hold a call longer; a ``Retry-After`` longer than the time left
+    raises at once, the time asked and the time left in the message.  An ``httpx.Timeout``
+    sets each phase of an attempt, and its largest value is the call's deadline.  (A brought
+    ``http_client`` gets the time left as each attempt's per-read timeout, which bounds a
+    silent server but not a trickling one.)
+
+    ``base_url`` is parsed strictly (http/https, a host, a port from 1 to 65535, an optional
+    path prefix; no user or password, query or fragment).  Plain ``http://`` is refused unless
+    the host is this machine (``localhost``, ``127.0.0.0/8``, ``::1``) or
+    ``allow_insecure_http=True`` (or ``PROXARO_ALLOW_INSECURE_HTTP=1``) says you mean it: the
+    key would cross the network in clear text.
     """
 
     def __init__(
