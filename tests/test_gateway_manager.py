@@ -431,7 +431,7 @@ def test_api_down_at_start_is_a_clear_error(sandbox: Sandbox) -> None:
     mgr = manager(sandbox)
     with pytest.raises(ServiceUnavailableError, match="could not start the gateway manager"):
         mgr.start()
-    assert mgr._client is None and mgr.driver is None  # nothing left open
+    assert not mgr._clients.open and mgr.driver is None  # nothing left open
     mgr.close()
     sandbox.control("faults", clear=True)
     dead = GatewayManager(sandbox.api_key, "http://127.0.0.1:9")
@@ -571,7 +571,7 @@ async def test_async_start_with_the_api_down_is_a_clear_error(sandbox: Sandbox) 
     mgr = manager(sandbox)
     with pytest.raises(ServiceUnavailableError, match="could not start the gateway manager"):
         await mgr.astart()
-    assert mgr._async_client is None and mgr.driver is None
+    assert not mgr._clients.open and mgr.driver is None
     await sandbox.acontrol("faults", clear=True)
     async with mgr:  # and it starts once the API answers again
         assert mgr.credentials_version == 1

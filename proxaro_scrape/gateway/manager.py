@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import threading
 import time
@@ -51,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxaro_scrape._secrets import Secret
 from proxaro_scrape.errors import ConfigurationError, ProxaroError
+from proxaro_scrape.gateway._clients import Clients
 from proxaro_scrape.gateway._core import RequestRouting, RoutingCore
 from proxaro_scrape.gateway._credentials import GatewayCredentials
 from proxaro_scrape.gateway._drivers import TaskDriver, ThreadDriver, adrive, drive
@@ -69,7 +69,6 @@ __all__ = ["GatewayManager"]
 
 logger = logging.getLogger("proxaro_scrape.gateway")
 
-ENV_API_KEY = "PROXARO_API_KEY"
 #: Longest a sync caller waits for another caller's refresh (seconds).
 REFRESH_WAIT = 60.0
 
@@ -126,22 +125,9 @@ class GatewayManager:
             config = config.replace(**options) if config is not None else GatewayConfig(**options)
         elif config is None:
             config = GatewayConfig()
-        if client is None and async_client is None and api_key is None:
-            if not os.environ.get(ENV_API_KEY):
-                raise ConfigurationError(
-                    f"no API key: pass api_key=..., set {ENV_API_KEY}, or pass client=",
-                    param="api_key",
-                )
+        self._clients = Clients(api_key, base_url, client, async_client)
         #: The options this manager runs with (frozen, validated).
         self.config = config
-        self._api_key = api_key
-        self._base_url = base_url
-        # Clients the manager may create itself: with a key (given or in the environment).
-        self._can_create_clients = api_key is not None or bool(os.environ.get(ENV_API_KEY))
-        self._client = client
-        self._async_client = async_client
-        self._owns_client = False
-        self._owns_async_client = False
         self._clock = clock or time.monotonic
         self.core = RoutingCore(config, store=store, clock=self._clock, rng=rng)
         self._jobs = Jobs(
@@ -208,10 +194,10 @@ class GatewayManager:
             try:
                 if here is not None and here is home:
                     pass  # never block the loop: the core asks the task to fetch it
-                elif self._sync_client_or_none() is not None:
-                    drive(self._jobs.fetch_asns(code), self._client)
+                elif self._clients.sync_or_none() is not None:
+                    drive(self._jobs.fetch_asns(code), self._clients.sync)
                 elif home is not None and home.is_running():
-                    job = adrive(self._jobs.fetch_asns(code), self._async_client)
+                    job = adrive(self._jobs.fetch_asns(code), self._clients.async_)
                     asyncio.run_coroutine_threadsafe(job, home).result(REFRESH_WAIT)
             except (ProxaroError, TimeoutError) as exc:
                 self._asns_unavailable(code, exc)
@@ -231,11 +217,11 @@ class GatewayManager:
                 if (
                     driver is not None
                     and driver.loop is asyncio.get_running_loop()
-                    and self._async_client is not None
+                    and self._clients.async_ is not None
                 ):
-                    await adrive(self._jobs.fetch_asns(code), self._async_client)
-                elif self._sync_client_or_none() is not None:
-                    await asyncio.to_thread(drive, self._jobs.fetch_asns(code), self._client)
+                    await adrive(self._jobs.fetch_asns(code), self._clients.async_)
+                elif self._clients.sync_or_none() is not None:
+                    await asyncio.to_thread(drive, self._jobs.fetch_asns(code), self._clients.sync)
             except ProxaroError as exc:
                 self._asns_unavailable(code, exc)
         return self.core.check(t)
@@ -368,7 +354,7 @@ class GatewayManager:
         """
         if self._newer(seen_version):
             return False
-        if self._sync_client_or_none() is None:
+        if self._clients.sync_or_none() is None:
             loop = self._task_driver.loop if self._task_driver is not None else None
             if loop is None or not loop.is_running():
                 raise ProxaroError("no client to refresh the credentials with: start() first")
@@ -414,7 +400,7 @@ class GatewayManager:
             return self._newer(seen_version if seen_version is not None else -1)
         try:
             # Installed before the waiters are woken: they resend at once, with what is current.
-            return drive(self._jobs.fetch_credentials(), self._sync_client())
+            return drive(self._jobs.fetch_credentials(), self._clients.get_sync())
         except Exception as exc:  # noqa: BLE001 - no client, say: a failed refresh all the same
             self._jobs.refresh_failed(exc)
             return False
@@ -428,13 +414,13 @@ class GatewayManager:
         driver = self._task_driver
         home = driver.loop if driver is not None else None
         try:
-            if self._async_client is not None and loop is home:
-                return await adrive(self._jobs.fetch_credentials(), self._async_client)
-            if self._sync_client_or_none() is not None:
+            if self._clients.async_ is not None and loop is home:
+                return await adrive(self._jobs.fetch_credentials(), self._clients.async_)
+            if self._clients.sync_or_none() is not None:
                 # No async client on this loop (a sync-started manager under Scrapy, say):
                 # the sync single-flight refresh, in a worker thread.
                 return await asyncio.to_thread(self._refresh_sync, seen_version)
-            if home is not None and home.is_running() and self._async_client is not None:
+            if home is not None and home.is_running() and self._clients.async_ is not None:
                 cfut = asyncio.run_coroutine_threadsafe(self._arefresh_once(seen_version), home)
                 return await asyncio.wrap_future(cfut)
             raise ProxaroError("no client to refresh the credentials with: astart() first")
@@ -458,14 +444,11 @@ class GatewayManager:
         if self.driver is not None:
             return self
         self._closed = False
-        client = self._sync_client()
+        client = self._clients.get_sync()
         try:
             drive(self._jobs.start(), client)
         except BaseException:
-            if self._owns_client and self._client is not None:
-                self._client.close()
-                self._client = None
-                self._owns_client = False
+            self._clients.close_sync()
             raise
         self._jobs.new_schedule()
         self._thread_driver = ThreadDriver(self._jobs, self._thread_job)
@@ -477,7 +460,7 @@ class GatewayManager:
             self._refresh_sync(None, background=True)
             self._jobs.credentials_ran()
         else:
-            drive(self._jobs.run(name), self._sync_client())
+            drive(self._jobs.run(name), self._clients.get_sync())
 
     def close(self) -> None:
         """Stop the background thread (or task) and close the clients the manager created."""
@@ -488,10 +471,7 @@ class GatewayManager:
         task, self._task_driver = self._task_driver, None
         if task is not None:
             task.cancel()
-        if self._owns_client and self._client is not None:
-            self._client.close()
-            self._client = None
-            self._owns_client = False
+        self._clients.close_sync()
 
     def __enter__(self) -> GatewayManager:
         return self.start()
@@ -506,14 +486,11 @@ class GatewayManager:
         if self.driver is not None:
             return self
         self._closed = False
-        client = self._aclient()
+        client = self._clients.get_async()
         try:
             await adrive(self._jobs.start(), client)
         except BaseException:
-            if self._owns_async_client and self._async_client is not None:
-                await self._async_client.aclose()
-                self._async_client = None
-                self._owns_async_client = False
+            await self._clients.aclose()
             raise
         self._jobs.new_schedule()
         self._task_driver = TaskDriver(self._jobs, self._task_job)
@@ -529,7 +506,7 @@ class GatewayManager:
             await asyncio.shield(fut)
             self._jobs.credentials_ran()
         else:
-            await adrive(self._jobs.run(name), self._aclient())
+            await adrive(self._jobs.run(name), self._clients.get_async())
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`: cancel the task, close the clients the manager made."""
@@ -542,53 +519,13 @@ class GatewayManager:
                 task.cancel()
         if self._thread_driver is not None:
             await asyncio.to_thread(self.close)
-        if self._owns_async_client and self._async_client is not None:
-            await self._async_client.aclose()
-            self._async_client = None
-            self._owns_async_client = False
-        if self._owns_client and self._client is not None:
-            self._client.close()
-            self._client = None
-            self._owns_client = False
+        await self._clients.aclose()
 
     async def __aenter__(self) -> GatewayManager:
         return await self.astart()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-    # ================================================================== clients
-
-    def _sync_client_or_none(self) -> Any:
-        if self._client is None and not self._can_create_clients:
-            return None
-        return self._sync_client()
-
-    def _sync_client(self) -> Any:
-        if self._client is None:
-            if not self._can_create_clients:
-                raise ConfigurationError(
-                    "the sync driver needs client= or an API key (only async_client was given)",
-                    param="client",
-                )
-            from proxaro_scrape.api import Proxaro
-
-            self._client = Proxaro(self._api_key, self._base_url)
-            self._owns_client = True
-        return self._client
-
-    def _aclient(self) -> Any:
-        if self._async_client is None:
-            if not self._can_create_clients:
-                raise ConfigurationError(
-                    "the async driver needs async_client= or an API key (only client was given)",
-                    param="async_client",
-                )
-            from proxaro_scrape.api import AsyncProxaro
-
-            self._async_client = AsyncProxaro(self._api_key, self._base_url)
-            self._owns_async_client = True
-        return self._async_client
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
