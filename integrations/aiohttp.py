@@ -4,13 +4,15 @@
 
     import aiohttp
     from proxaro_scrape import GatewayManager
-    from proxaro_scrape.integrations.aiohttp import ProxaroMiddleware, exit_of
+    from proxaro_scrape.integrations.aiohttp import ProxaroConnector, ProxaroMiddleware, exit_of
 
     async with GatewayManager(target={"country": "us"}) as mgr:
         proxaro = ProxaroMiddleware(mgr)
-        async with aiohttp.ClientSession(middlewares=(proxaro,)) as session:
+        async with aiohttp.ClientSession(
+            connector=ProxaroConnector(), middlewares=(proxaro,)
+        ) as session:
             async with session.get(url) as r:                               # the default target
-                exit_of(r)     # ExitInfo(ip=..., country=...) (plain HTTP; None through a tunnel)
+                exit_of(r)     # ExitInfo(ip=..., country=...), over HTTP and HTTPS
             de = proxaro.using({"country": "de"})                           # this request only
             async with session.get(url, middlewares=(de,)) as r: ...
             sticky = proxaro.using(session_key="cart42")                    # one exit
@@ -38,11 +40,20 @@ How a request travels (the same design as the httpx transport):
   requests in flight.  The header is removed from the request when the attempt is over, so
   ``response.request_info`` and redirects never show it.
 - **HTTPS**: ``proxy_headers`` with the ``Proxy-Authorization`` of the gateway username go on
-  the ``CONNECT`` only; tunnels are pooled per username by aiohttp's connector (bounded by its
-  ``limit``, idle ones closed after its ``keepalive_timeout``).  A kept-alive tunnel keeps its
-  exit, so without a sticky key HTTPS rotates per tunnel, not per request.  A refused
-  ``CONNECT``'s status and ``X-Proxaro-Error`` reach the manager (``ClientHttpProxyError``
-  carries them).
+  the ``CONNECT`` only; tunnels are pooled per username by aiohttp's connector.  A kept-alive
+  tunnel keeps its exit, so without a sticky key HTTPS rotates per tunnel, not per request.  A
+  refused ``CONNECT``'s status and ``X-Proxaro-Error`` reach the manager
+  (``ClientHttpProxyError`` carries them).
+- **:class:`ProxaroConnector`** (a :class:`aiohttp.TCPConnector`; use it as the session's
+  connector) adds two things aiohttp's own lacks: it keeps the gateway's answer to each
+  tunnel's ``CONNECT`` (aiohttp reads it and drops it), so :func:`exit_of` names the exit over
+  HTTPS too; and it bounds the usernames whose idle tunnels it keeps (``max_tunnel_keys``,
+  least recently used first), as the httpx and requests integrations bound theirs: every new
+  sticky key opens a tunnel of its own, which aiohttp would otherwise keep until its
+  ``keepalive_timeout``.  Both rest on two of aiohttp's private connector methods (checked at
+  construction: an aiohttp without them gets a plain connector's behaviour and a warning).
+  With any other connector the middleware routes all the same; only the HTTPS exit is then
+  ``None``.
 - **Answers** are classified by the manager from status and headers before the body is read;
   retries, credential refreshes, failover and the final
   :class:`~proxaro_scrape.AttemptsExhaustedError` are its decisions.  A failed answer is read
@@ -58,6 +69,11 @@ How a request travels (the same design as the httpx transport):
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,37 +88,151 @@ except ImportError as _exc:  # pragma: no cover - aiohttp is a core dependency
         'pip install "proxaro-scrape[aiohttp]"'
     ) from _exc
 
+from proxaro_scrape.errors import ConfigurationError
 from proxaro_scrape.gateway import ExitInfo, GatewayManager, RequestRouting, Route, Target
-from proxaro_scrape.gateway.outcome import Outcome
-
-from ._common import (
+from proxaro_scrape.gateway.edge import (
     DRAIN_LIMIT,
+    EXIT_KEY,
     PROXY_AUTHORIZATION,
     UNSET,
-    cert_failure,
+    Failure,
     check_spec,
-    final_error,
+    failure_of,
     gateway_pairs,
-    lookup_gateway_pairs,
-    not_replayable,
+    observe_answer,
+    observe_failure,
+    run_async,
 )
+from proxaro_scrape.gateway.outcome import Outcome
 
-__all__ = ["ProxaroMiddleware", "exit_of"]
+__all__ = ["ProxaroConnector", "ProxaroMiddleware", "exit_of"]
 
-_EXIT_ATTR = "proxaro_exit"
+logger = logging.getLogger("proxaro_scrape.integrations.aiohttp")
 
-# What a gateway, an exit or a target can cause; anything else is raised as it is.
-_GATEWAY_FAULTS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
-_CALLER_FAULTS = (aiohttp.ClientConnectorCertificateError, aiohttp.InvalidURL)
+#: aiohttp's exceptions → the core's vocabulary (first match wins).  A refused CONNECT
+#: (``ClientHttpProxyError``) is handled before the table: it carries the gateway's answer.
+#: Others (a bad URL, a closed session) are the caller's and are raised as they are.
+FAILURES = (
+    (aiohttp.ClientConnectorCertificateError, Failure.TLS),
+    ((aiohttp.ConnectionTimeoutError, aiohttp.SocketTimeoutError, asyncio.TimeoutError),
+     Failure.TIMEOUT),
+    ((aiohttp.ClientConnectionError, aiohttp.ClientPayloadError), Failure.CONNECTION),
+)  # fmt: skip
+_CALLER_FAULTS = (aiohttp.InvalidURL,)
 
 
 def exit_of(response: ClientResponse) -> ExitInfo | None:
-    """The exit that carried ``response`` (``None`` through a tunnel or when not routed).
+    """The exit that carried ``response`` (``None`` when not routed or not reported).
 
-    Through an HTTPS tunnel the exit is named only in the ``CONNECT`` answer, which aiohttp's
-    connector reads and drops.
+    Over HTTPS the exit is known when the session's connector is a :class:`ProxaroConnector`
+    (aiohttp's own reads the ``CONNECT`` answer and drops it).
     """
-    return getattr(response, _EXIT_ATTR, None)
+    return getattr(response, EXIT_KEY, None)
+
+
+#: Set while a ProxaroConnector opens a tunnel: where its CONNECT answer's headers go.
+_CONNECT_SINK: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "proxaro_aiohttp_connect", default=None
+)
+
+
+#: Each ProxaroConnector tunnel's connection (its protocol) → its CONNECT answer's headers.
+_TUNNEL_ANSWERS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+def _connect_answer(response: ClientResponse) -> list[Any] | None:
+    """The gateway's headers in the CONNECT answer of ``response``'s tunnel, if known."""
+    conn = response.connection
+    # A short body may have handed the connection back already; the response keeps its
+    # protocol (aiohttp's own discard path reads it too).
+    proto = conn.protocol if conn is not None else getattr(response, "_protocol", None)
+    return _TUNNEL_ANSWERS.get(proto) if proto is not None else None
+
+
+class _ConnectAnswer(ClientResponse):
+    """The response class of a ProxaroConnector's CONNECT: hands its headers to the sink."""
+
+    async def start(self, connection: Any) -> ClientResponse:
+        resp = await super().start(connection)
+        sink = _CONNECT_SINK.get()
+        if sink is not None:
+            sink.append(gateway_pairs(self.headers.items()))
+        return resp
+
+
+class ProxaroConnector(aiohttp.TCPConnector):
+    """A :class:`aiohttp.TCPConnector` that knows each tunnel's exit and bounds idle tunnels.
+
+    ``max_tunnel_keys`` (default 64): how many gateway usernames keep idle tunnels; the idle
+    tunnels of the least recently used are closed past that.  Other keywords go to
+    :class:`aiohttp.TCPConnector`.  See the module docstring.
+    """
+
+    def __init__(self, *, max_tunnel_keys: int = 64, **kwargs: Any) -> None:
+        if (
+            isinstance(max_tunnel_keys, bool)
+            or not isinstance(max_tunnel_keys, int)
+            or max_tunnel_keys < 1
+        ):
+            raise ConfigurationError(
+                f"max_tunnel_keys is a whole number of at least 1, got {max_tunnel_keys!r}",
+                param="max_tunnel_keys",
+            )
+        super().__init__(**kwargs)
+        self.max_tunnel_keys = max_tunnel_keys
+        self._tunnel_keys: OrderedDict[Any, None] = OrderedDict()
+        self._tunnel_exits: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+        base = aiohttp.TCPConnector
+        self._hooked = all(
+            callable(getattr(base, name, None))
+            for name in (
+                "_update_proxy_auth_header_and_build_proxy_req",
+                "_create_proxy_connection",
+                "_release",
+            )
+        )
+        if not self._hooked:  # pragma: no cover - another aiohttp
+            logger.warning(
+                "this aiohttp (%s) lacks the connector methods ProxaroConnector extends: the "
+                "HTTPS exit is not reported and idle tunnels are not bounded",
+                aiohttp.__version__,
+            )
+
+    def _update_proxy_auth_header_and_build_proxy_req(self, req: ClientRequest) -> ClientRequest:
+        proxy_req = super()._update_proxy_auth_header_and_build_proxy_req(req)  # type: ignore[misc]
+        if self._hooked and req.is_ssl():
+            proxy_req.response_class = _ConnectAnswer
+        return proxy_req  # type: ignore[no-any-return]
+
+    async def _create_proxy_connection(self, req: ClientRequest, *args: Any, **kwargs: Any) -> Any:
+        sink: list[Any] = []
+        token = _CONNECT_SINK.set(sink)
+        try:
+            transport, proto = await super()._create_proxy_connection(  # type: ignore[misc]
+                req, *args, **kwargs
+            )
+        finally:
+            _CONNECT_SINK.reset(token)
+        if sink:
+            _TUNNEL_ANSWERS[proto] = sink[-1]
+        return transport, proto
+
+    def _release(self, key: Any, protocol: Any, *args: Any, **kwargs: Any) -> None:
+        super()._release(key, protocol, *args, **kwargs)  # type: ignore[misc]
+        if not (self._hooked and key.is_ssl and key.proxy is not None):
+            return
+        keys = self._tunnel_keys
+        keys[key] = None
+        keys.move_to_end(key)
+        while len(keys) > self.max_tunnel_keys:
+            old, _ = keys.popitem(last=False)
+            for proto, _since in self._conns.pop(old, ()):  # type: ignore[attr-defined]
+                transport = proto.transport
+                proto.close()
+                if transport is not None:
+                    # A TLS transport's close waits for the gateway's close_notify; an idle
+                    # tunnel has nothing left to say: let its socket go now.
+                    transport.abort()
 
 
 class _Shared:
@@ -140,7 +270,9 @@ class ProxaroMiddleware:
         session_key: Any = None,
     ) -> None:
         if not isinstance(manager, GatewayManager):
-            raise TypeError("the first argument is a started GatewayManager")
+            raise ConfigurationError(
+                "the first argument is a started GatewayManager", param="manager"
+            )
         spec = check_spec(target)
         self._shared = _Shared(manager)
         self._target: Any = None if spec is UNSET else spec
@@ -174,26 +306,21 @@ class ProxaroMiddleware:
         """Route ``req`` through the gateway, retrying as the manager decides."""
         if self._target is False:
             return await handler(req)
-        shared = self._shared
-        manager = shared.manager
+        manager = self._shared.manager
         tunnel = req.is_ssl()
-        headers = req.headers
         if tunnel:
             # From the caller or a hook: inside a tunnel it would reach the target.
-            headers.popall(PROXY_AUTHORIZATION, None)
+            req.headers.popall(PROXY_AUTHORIZATION, None)
         rr = manager.request(str(req.url), self._target, self._session_key)
-        while True:
-            route = rr.next_route()
-            response, outcome, error = await self._attempt(req, handler, route, rr, tunnel)
-            if response is not None:
-                return response
-            if not outcome.retry:
-                raise final_error(outcome) from error
-            body = req.body
-            if getattr(body, "consumed", False):
-                raise not_replayable(req.method, str(req.url), outcome) from error
-            if outcome.refresh:
-                await manager.arefresh_credentials(route.credentials_version)
+
+        async def attempt(route: Route) -> tuple[ClientResponse | None, Outcome, Exception | None]:
+            return await self._attempt(req, handler, route, rr, tunnel)
+
+        def replayable() -> bool:
+            # A one-shot body (an async generator) is consumed once sent.
+            return not getattr(req.body, "consumed", False)
+
+        return await run_async(manager, rr, attempt, replayable=replayable, method=req.method)
 
     async def _attempt(
         self,
@@ -202,7 +329,7 @@ class ProxaroMiddleware:
         route: Route,
         rr: RequestRouting,
         tunnel: bool,
-    ) -> tuple[ClientResponse | None, Outcome, BaseException | None]:
+    ) -> tuple[ClientResponse | None, Outcome, Exception | None]:
         shared = self._shared
         headers = req.headers
         if tunnel:
@@ -218,46 +345,42 @@ class ProxaroMiddleware:
         except aiohttp.ClientHttpProxyError as exc:
             # A refused CONNECT: its status and X-Proxaro-Error say exactly why.
             _scrub(exc)
-            return None, rr.observe(status=exc.status, headers=exc.headers), exc
-        except _CALLER_FAULTS as exc:
+            outcome = observe_failure(
+                rr, Failure.TUNNEL_REFUSED, status=exc.status, headers=exc.headers
+            )
+            return None, outcome, exc
+        except Exception as exc:
             _scrub(exc)
-            raise
-        except _GATEWAY_FAULTS as exc:
-            _scrub(exc)
-            if cert_failure(exc):
+            if isinstance(exc, _CALLER_FAULTS):
                 raise
-            return None, rr.observe(exception=exc), exc
+            failure = failure_of(exc, FAILURES)
+            if failure is None:
+                raise
+            return None, observe_failure(rr, failure), exc
         finally:
             if not tunnel:
                 # Off the request at once: the response's request_info is a live view of it.
                 headers.popall(PROXY_AUTHORIZATION, None)
         try:
+            connect = _connect_answer(response) if tunnel else None
             # The user's is_ban hook may look at the body; without one it stays unread.
-            body = await response.read() if self._shared.manager.core.is_ban else None
-            outcome = self._observe(rr, response, tunnel, body)
+            body = await response.read() if rr.is_ban is not None else None
+            outcome = observe_answer(
+                rr,
+                response.status,
+                response.headers,
+                tunnel=tunnel,
+                connect_headers=connect,
+                body=body,
+            )
         except BaseException:
             response.close()
             raise
         if outcome.ok:
-            setattr(response, _EXIT_ATTR, outcome.exit)
+            setattr(response, EXIT_KEY, outcome.exit)
             return response, outcome, None
         await _discard(response, reuse=not tunnel)
         return None, outcome, None
-
-    def _observe(
-        self, rr: RequestRouting, response: ClientResponse, tunnel: bool, body: bytes | None
-    ) -> Outcome:
-        status = response.status
-        if body is not None:
-            # An is_ban hook: it gets the site's headers and the body.
-            items = list(response.headers.items())
-            if tunnel:
-                items = [p for p in items if not gateway_pairs([p])]
-            return rr.observe(status=status, headers=items, body=body)
-        if tunnel:
-            # Every header inside a tunnel is the target's, which could pose as the gateway.
-            return rr.observe(status=status, headers=())
-        return rr.observe(status=status, headers=lookup_gateway_pairs(response.headers))
 
 
 async def _discard(response: ClientResponse, *, reuse: bool) -> None:

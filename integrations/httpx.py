@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -63,19 +63,32 @@ except ImportError as _exc:  # pragma: no cover - httpx is a core dependency
         'proxaro_scrape.integrations.httpx needs httpx: pip install "proxaro-scrape[httpx]"'
     ) from _exc
 
+from proxaro_scrape.errors import ConfigurationError
 from proxaro_scrape.gateway import ExitInfo, GatewayManager, RequestRouting, Route, Target
-from proxaro_scrape.gateway.outcome import Outcome
-
-from ._common import (
-    DRAIN_LIMIT,
+from proxaro_scrape.gateway.edge import (
+    EXIT_KEY,
     PROXY_AUTHORIZATION,
     UNSET,
+    Failure,
     PoolLRU,
-    cert_failure,
     check_spec,
-    final_error,
-    gateway_pairs,
-    not_replayable,
+    failure_of,
+    observe_answer,
+    observe_failure,
+    run_async,
+    run_sync,
+)
+from proxaro_scrape.gateway.outcome import Outcome
+
+from ._httpx_wire import (
+    _AsyncReleasingStream,
+    _AsyncTrace,
+    _ConnectTrace,
+    _drainable,
+    _put_auth,
+    _ReleasingStream,
+    _SyncTrace,
+    _take_auth,
 )
 
 __all__ = ["DEFAULT_LIMITS", "AsyncProxaroTransport", "ProxaroTransport", "exit_of"]
@@ -92,126 +105,24 @@ DEFAULT_LIMITS = httpx.Limits(
 
 _EXT_TARGET = "proxaro"
 _EXT_SESSION = "proxaro_session"
-_EXT_EXIT = "proxaro_exit"
-# Errors that a gateway, an exit or a target can cause.  Others (a local pool timeout, a bad
-# URL, a protocol misuse) are the caller's and are raised as they are.
-_GATEWAY_FAULTS = (
-    httpx.NetworkError,
-    httpx.ConnectTimeout,
-    httpx.ReadTimeout,
-    httpx.WriteTimeout,
-    httpx.ProxyError,
-    httpx.RemoteProtocolError,
+#: httpx's exceptions → the core's vocabulary (first match wins).  A refused CONNECT is read
+#: from the trace (its status and headers) before this table is asked.  Others (a local pool
+#: timeout, a bad URL, a protocol misuse) are the caller's and are raised as they are.
+FAILURES = (
+    ((httpx.ConnectTimeout, httpx.ReadTimeout, httpx.WriteTimeout), Failure.TIMEOUT),
+    ((httpx.NetworkError, httpx.ProxyError, httpx.RemoteProtocolError), Failure.CONNECTION),
 )
 
 
 def exit_of(response: httpx.Response) -> ExitInfo | None:
     """The exit that carried ``response`` (``None`` when not routed or not reported)."""
-    return response.extensions.get(_EXT_EXIT)
-
-
-def _gateway_fault(exc: BaseException) -> bool:
-    return isinstance(exc, _GATEWAY_FAULTS) and not cert_failure(exc)
+    return response.extensions.get(EXIT_KEY)
 
 
 def _replayable(request: httpx.Request) -> bool:
     # ByteStream (bytes, json, form data, no body) can be iterated again; generators, files
     # and multipart streams of files cannot be trusted to.
     return isinstance(request.stream, httpx.ByteStream)
-
-
-_PA_RAW = PROXY_AUTHORIZATION.encode()
-_PA_LOWER = _PA_RAW.lower()
-
-
-def _put_auth(headers: httpx.Headers, value: str) -> Any:
-    """Put ``Proxy-Authorization: value`` on a request for one attempt; a token to take it off.
-
-    On the per-request path: httpx's own ``headers[...] = ...`` and ``del`` scan and re-encode
-    the whole list, so the entry is appended to (and popped from) the list httpx keeps when it
-    has one, which costs a fraction of a microsecond.  Any ``Proxy-Authorization`` already there
-    is replaced for the attempt and put back after.
-    """
-    items = getattr(headers, "_list", None)
-    if type(items) is list and PROXY_AUTHORIZATION not in headers:
-        item = (_PA_RAW, _PA_LOWER, value.encode("latin-1"))
-        items.append(item)
-        return item
-    saved = headers.get(PROXY_AUTHORIZATION)
-    headers[PROXY_AUTHORIZATION] = value
-    return ("saved", saved)
-
-
-def _take_auth(headers: httpx.Headers, token: Any) -> None:
-    """Undo :func:`_put_auth`."""
-    if token[0] == "saved":
-        if token[1] is None:
-            del headers[PROXY_AUTHORIZATION]
-        else:
-            headers[PROXY_AUTHORIZATION] = token[1]
-        return
-    items = headers._list
-    if items and items[-1] is token:
-        items.pop()
-    else:
-        try:
-            items.remove(token)
-        except ValueError:
-            pass
-
-
-def _drainable(response: httpx.Response) -> bool:
-    length = response.headers.get("content-length")
-    return length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT
-
-
-class _ConnectTrace:
-    """httpcore ``trace`` hook: the ``CONNECT`` answer, and the exit of each new tunnel.
-
-    httpcore reads the ``CONNECT`` answer and keeps nothing of it but the status (in a
-    ``ProxyError`` message when it is not 2xx).  The trace sees its headers: the exit
-    (``X-Proxaro-Exit-*``) of a tunnel it opened, or the gateway's ``X-Proxaro-Error``.
-    """
-
-    __slots__ = ("owner", "user", "connecting", "status", "headers")
-
-    def __init__(self, owner: _Base, user: Any) -> None:
-        self.owner = owner
-        self.user = user
-        self.connecting = False
-        self.status: int | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
-
-    def see(self, name: str, info: dict[str, Any]) -> None:
-        if name == "http11.send_request_headers.started":
-            self.connecting = info["request"].method == b"CONNECT"
-        elif name == "http11.receive_response_headers.complete" and self.connecting:
-            self.connecting = False
-            _, status, _, headers = info["return_value"]
-            self.status = status
-            self.headers = gateway_pairs(headers)
-        elif name == "proxy.start_tls.complete" and self.status is not None:
-            # The TLS stream is what every later response on this tunnel names as its
-            # network_stream: remember the tunnel's exit under it.
-            self.owner._remember_exit(info["return_value"], self.headers)
-
-
-class _SyncTrace(_ConnectTrace):
-    __slots__ = ()
-
-    def __call__(self, name: str, info: dict[str, Any]) -> None:
-        self.see(name, info)
-        if self.user is not None:
-            self.user(name, info)
-
-
-class _AsyncTrace(_ConnectTrace):
-    __slots__ = ()
-
-    async def __call__(self, name: str, info: dict[str, Any]) -> None:
-        self.see(name, info)
-        if self.user is not None:
-            await self.user(name, info)
 
 
 class _Base:
@@ -231,13 +142,24 @@ class _Base:
         **options: Any,
     ) -> None:
         if not isinstance(manager, GatewayManager):
-            raise TypeError("the first argument is a started GatewayManager")
-        if "proxy" in options or "proxies" in options:
-            raise TypeError("the Proxaro transports choose the proxy themselves: drop proxy=")
+            raise ConfigurationError(
+                "the first argument is a started GatewayManager", param="manager"
+            )
+        for name in ("proxy", "proxies"):
+            if name in options:
+                raise ConfigurationError(
+                    f"the Proxaro transports choose the proxy themselves: drop {name}=",
+                    param=name,
+                )
+        if isinstance(tunnel_pools, bool) or not isinstance(tunnel_pools, int) or tunnel_pools < 1:
+            raise ConfigurationError(
+                f"tunnel_pools is a whole number of at least 1, got {tunnel_pools!r}",
+                param="tunnel_pools",
+            )
         self._manager = manager
         spec = check_spec(target)
         if spec is False or spec is UNSET:
-            raise TypeError("target is a Target, a dict or None")
+            raise ConfigurationError("target is a Target, a dict or None", param="target")
         self._target: Target | None = spec
         self._session_key = session_key
         ctx = verify
@@ -290,31 +212,30 @@ class _Base:
             key = self._session_key
         return self._manager.request(str(request.url), spec, key)
 
-    def _observe_answer(
+    def _observe(
         self, rr: RequestRouting, response: httpx.Response, tunnel: bool, body: Any
     ) -> Outcome:
-        if tunnel:
-            # Inside a tunnel every header is the target's, which could claim to be the
-            # gateway: only the CONNECT answer's X-Proxaro-* count.
-            pairs = self._exit_pairs(response)
-            if self._manager.core.is_ban is not None:
-                site = [p for p in response.headers.raw if p not in gateway_pairs([p])]
-                return rr.observe(status=response.status_code, headers=site + pairs, body=body)
-            return rr.observe(status=response.status_code, headers=pairs)
-        if self._manager.core.is_ban is not None:
-            return rr.observe(status=response.status_code, headers=response.headers, body=body)
-        return rr.observe(status=response.status_code, headers=gateway_pairs(response.headers.raw))
+        return observe_answer(
+            rr,
+            response.status_code,
+            response.headers,
+            tunnel=tunnel,
+            connect_headers=self._exit_pairs(response) if tunnel else None,
+            body=body,
+        )
 
+    @staticmethod
     def _observe_failure(
-        self, rr: RequestRouting, exc: BaseException, trace: _ConnectTrace | None
-    ) -> Outcome:
+        rr: RequestRouting, exc: Exception, trace: _ConnectTrace | None
+    ) -> Outcome | None:
+        """The outcome of a failed send, or ``None`` when the failure is the caller's."""
         if trace is not None and trace.status is not None and not 200 <= trace.status < 300:
             # A refused CONNECT: its status and X-Proxaro-Error say exactly why.
-            return rr.observe(status=trace.status, headers=trace.headers)
-        return rr.observe(exception=exc)
-
-    def _needs_body(self) -> bool:
-        return self._manager.core.is_ban is not None
+            return observe_failure(
+                rr, Failure.TUNNEL_REFUSED, status=trace.status, headers=trace.headers
+            )
+        failure = failure_of(exc, FAILURES)
+        return observe_failure(rr, failure) if failure is not None else None
 
     # ------------------------------------------------------------------ pools
 
@@ -392,45 +313,6 @@ class _Base:
         return pools + self._tunnels.drain()
 
 
-class _ReleasingStream(httpx.SyncByteStream):
-    """A tunnel response's body: releases its pool from the LRU when closed."""
-
-    def __init__(self, stream: Any, release: Any) -> None:
-        self._stream = stream
-        self._release = release
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._stream
-
-    def close(self) -> None:
-        try:
-            self._stream.close()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-
-class _AsyncReleasingStream(httpx.AsyncByteStream):
-    """Async twin of :class:`_ReleasingStream`."""
-
-    def __init__(self, stream: Any, release: Any) -> None:
-        self._stream = stream
-        self._release = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                await release()
-
-
 class ProxaroTransport(_Base, httpx.BaseTransport):
     """An httpx transport that routes each request through the Proxaro gateway.
 
@@ -458,21 +340,14 @@ class ProxaroTransport(_Base, httpx.BaseTransport):
         headers = request.headers
         if tunnel and PROXY_AUTHORIZATION in headers:
             del headers[PROXY_AUTHORIZATION]  # inside a tunnel it would reach the target
-        replayable = _replayable(request)
-        while True:
-            route = rr.next_route()
-            if tunnel:
-                response, outcome, error = self._send_tunnel(request, route, rr)
-            else:
-                response, outcome, error = self._send_plain(request, route, rr)
-            if response is not None:
-                return response
-            if not outcome.retry:
-                raise final_error(outcome) from error
-            if not replayable:
-                raise not_replayable(request.method, str(request.url), outcome) from error
-            if outcome.refresh:
-                self._manager.refresh_credentials(route.credentials_version)
+        send = self._send_tunnel if tunnel else self._send_plain
+        return run_sync(
+            self._manager,
+            rr,
+            lambda route: send(request, route, rr),
+            replayable=_replayable(request),
+            method=request.method,
+        )
 
     def _send_plain(
         self, request: httpx.Request, route: Route, rr: RequestRouting
@@ -483,16 +358,17 @@ class ProxaroTransport(_Base, httpx.BaseTransport):
         try:
             response = transport.handle_request(request)
         except Exception as exc:
-            if not _gateway_fault(exc):
+            outcome = self._observe_failure(rr, exc, None)
+            if outcome is None:
                 raise
-            return None, rr.observe(exception=exc), exc
+            return None, outcome, exc
         finally:
             # Off again at once: the client builds redirects from this very request.
             _take_auth(headers, token)
-        body = response.read() if self._needs_body() else None
-        outcome = self._observe_answer(rr, response, False, body)
+        body = response.read() if rr.is_ban is not None else None
+        outcome = self._observe(rr, response, False, body)
         if outcome.ok:
-            response.extensions[_EXT_EXIT] = outcome.exit
+            response.extensions[EXIT_KEY] = outcome.exit
             return response, outcome, None
         self._discard(response, reuse=True)
         return None, outcome, None
@@ -510,20 +386,21 @@ class ProxaroTransport(_Base, httpx.BaseTransport):
             response = entry.value.handle_request(request)
         except BaseException as exc:
             self._release(entry)
-            if not isinstance(exc, Exception) or not _gateway_fault(exc):
+            failed = self._observe_failure(rr, exc, trace) if isinstance(exc, Exception) else None
+            if failed is None:
                 raise
-            return None, self._observe_failure(rr, exc, trace), exc
+            return None, failed, exc
         finally:
             request.extensions = saved
         try:
-            body = response.read() if self._needs_body() else None
-            outcome = self._observe_answer(rr, response, True, body)
+            body = response.read() if rr.is_ban is not None else None
+            outcome = self._observe(rr, response, True, body)
         except BaseException:
             response.close()
             self._release(entry)
             raise
         if outcome.ok:
-            response.extensions[_EXT_EXIT] = outcome.exit
+            response.extensions[EXIT_KEY] = outcome.exit
             response.stream = _ReleasingStream(response.stream, lambda: self._release(entry))
             return response, outcome, None
         # A failed answer through a tunnel: drop the tunnel, its exit may be burnt for this
@@ -575,21 +452,14 @@ class AsyncProxaroTransport(_Base, httpx.AsyncBaseTransport):
         headers = request.headers
         if tunnel and PROXY_AUTHORIZATION in headers:
             del headers[PROXY_AUTHORIZATION]
-        replayable = _replayable(request)
-        while True:
-            route = rr.next_route()
-            if tunnel:
-                response, outcome, error = await self._send_tunnel(request, route, rr)
-            else:
-                response, outcome, error = await self._send_plain(request, route, rr)
-            if response is not None:
-                return response
-            if not outcome.retry:
-                raise final_error(outcome) from error
-            if not replayable:
-                raise not_replayable(request.method, str(request.url), outcome) from error
-            if outcome.refresh:
-                await self._manager.arefresh_credentials(route.credentials_version)
+        send = self._send_tunnel if tunnel else self._send_plain
+        return await run_async(
+            self._manager,
+            rr,
+            lambda route: send(request, route, rr),
+            replayable=_replayable(request),
+            method=request.method,
+        )
 
     async def _send_plain(
         self, request: httpx.Request, route: Route, rr: RequestRouting
@@ -600,15 +470,16 @@ class AsyncProxaroTransport(_Base, httpx.AsyncBaseTransport):
         try:
             response = await transport.handle_async_request(request)
         except Exception as exc:
-            if not _gateway_fault(exc):
+            outcome = self._observe_failure(rr, exc, None)
+            if outcome is None:
                 raise
-            return None, rr.observe(exception=exc), exc
+            return None, outcome, exc
         finally:
             _take_auth(headers, token)
-        body = await response.aread() if self._needs_body() else None
-        outcome = self._observe_answer(rr, response, False, body)
+        body = await response.aread() if rr.is_ban is not None else None
+        outcome = self._observe(rr, response, False, body)
         if outcome.ok:
-            response.extensions[_EXT_EXIT] = outcome.exit
+            response.extensions[EXIT_KEY] = outcome.exit
             return response, outcome, None
         await self._discard(response, reuse=True)
         return None, outcome, None
@@ -626,20 +497,21 @@ class AsyncProxaroTransport(_Base, httpx.AsyncBaseTransport):
             response = await entry.value.handle_async_request(request)
         except BaseException as exc:
             await self._release(entry)
-            if not isinstance(exc, Exception) or not _gateway_fault(exc):
+            failed = self._observe_failure(rr, exc, trace) if isinstance(exc, Exception) else None
+            if failed is None:
                 raise
-            return None, self._observe_failure(rr, exc, trace), exc
+            return None, failed, exc
         finally:
             request.extensions = saved
         try:
-            body = await response.aread() if self._needs_body() else None
-            outcome = self._observe_answer(rr, response, True, body)
+            body = await response.aread() if rr.is_ban is not None else None
+            outcome = self._observe(rr, response, True, body)
         except BaseException:
             await response.aclose()
             await self._release(entry)
             raise
         if outcome.ok:
-            response.extensions[_EXT_EXIT] = outcome.exit
+            response.extensions[EXIT_KEY] = outcome.exit
 
             async def release() -> None:
                 await self._release(entry)

@@ -10,7 +10,7 @@
         r = session.get(url, proxaro={"country": "de"})                     # this request only
         r = session.get(url, proxaro_session="cart42")                      # sticky: one exit
         r = session.get(url, proxaro=False)                                 # direct, no gateway
-        r.proxaro_exit        # ExitInfo(ip=..., country=...) (plain HTTP; None through a tunnel)
+        exit_of(r)            # ExitInfo(ip=..., country=...), over HTTP and HTTPS alike
 
 :class:`ProxaroSession` is a :class:`requests.Session` with a :class:`ProxaroAdapter` mounted
 on ``http://`` and ``https://`` whose request methods also take ``proxaro=`` (a Target, a dict,
@@ -37,11 +37,17 @@ How a request travels (the same design as the httpx transport):
 - **HTTPS**: a ``ProxyManager`` per gateway username and credentials version (the tunnel is
   authenticated by its ``CONNECT``), in a bounded LRU (``max_proxy_managers``); an evicted one
   is cleared, which closes its idle connections and lets busy ones finish.  A kept-alive tunnel
-  keeps its exit, so without a sticky key HTTPS rotates per tunnel, not per request.
-- **Answers** are classified by the manager before the body is read (``stream=True`` stays
-  streaming); retries, refreshes, failover and the final
-  :class:`~proxaro_scrape.AttemptsExhaustedError` are the manager's decisions.  A failed answer
-  through a tunnel is dropped with its connection (its exit may be burnt for that site).
+  keeps its exit, so without a sticky key HTTPS rotates per tunnel, not per request.  Its
+  connections read the ``CONNECT`` answer themselves (urllib3 reads and drops it), so the
+  tunnel's exit is known and a refused ``CONNECT`` reaches the manager with its status and
+  ``X-Proxaro-Error``.
+- **Answers** are observed through the integration contract
+  (:mod:`proxaro_scrape.gateway.edge`) before the body is read (``stream=True`` stays
+  streaming): inside a tunnel only the ``CONNECT`` answer's ``X-Proxaro-*`` count, so a site's
+  own headers (or its own 407) never pass for the gateway's.  Retries, refreshes, failover and
+  the final :class:`~proxaro_scrape.AttemptsExhaustedError` are the manager's decisions.  A
+  failed answer through a tunnel is dropped with its connection (its exit may be burnt for
+  that site).
 - **Bodies**: ``data=`` bytes, str, forms and ``json=`` are resent on a retry; a generator or
   a file object cannot be, and the retry raises :class:`~proxaro_scrape.RequestNotReplayableError`.
 - **No Proxy-Authorization ever reaches a target** (the class of CVE-2023-32681): an HTTPS
@@ -55,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import http.client
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -64,30 +71,32 @@ from typing import Any
 try:
     import requests
     from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 except ImportError as _exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "proxaro_scrape.integrations.requests needs requests: "
         'pip install "proxaro-scrape[requests]"'
     ) from _exc
 
+from proxaro_scrape.errors import ConfigurationError
 from proxaro_scrape.gateway import ExitInfo, GatewayManager, RequestRouting, Route, Target
-from proxaro_scrape.gateway.outcome import Outcome
-
-from ._common import (
+from proxaro_scrape.gateway.edge import (
     DRAIN_LIMIT,
+    EXIT_KEY,
     PROXY_AUTHORIZATION,
     UNSET,
-    cert_failure,
+    Failure,
     check_spec,
-    final_error,
+    failure_of,
     gateway_pairs,
-    lookup_gateway_pairs,
-    not_replayable,
+    observe_answer,
+    observe_failure,
+    run_sync,
 )
+from proxaro_scrape.gateway.outcome import Outcome, cause_in_chain
 
 __all__ = ["ProxaroAdapter", "ProxaroSession", "exit_of", "routing"]
-
-_EXIT_ATTR = "proxaro_exit"
 
 
 @dataclass(frozen=True)
@@ -119,19 +128,82 @@ def routing(
 
 
 def exit_of(response: requests.Response) -> ExitInfo | None:
-    """The exit that carried ``response`` (``None`` through a tunnel or when not routed).
+    """The exit that carried ``response`` (``None`` when not routed or not reported).
 
-    Through an HTTPS tunnel the exit is named only in the ``CONNECT`` answer, which urllib3
-    reads and drops, so requests cannot tell it.
+    Over HTTPS it is the exit the gateway named in its answer to the tunnel's ``CONNECT``.
     """
-    return getattr(response, _EXIT_ATTR, None)
+    return getattr(response, EXIT_KEY, None)
 
 
-_GATEWAY_FAULTS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+#: requests' exceptions → the core's vocabulary (first match wins).  A refused CONNECT is
+#: recognised by its own exception (:class:`TunnelRefused`), found in the chain, not here.
+FAILURES = (
+    ((requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout), Failure.TIMEOUT),
+    (requests.exceptions.Timeout, Failure.TIMEOUT),
+    ((requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError),
+     Failure.CONNECTION),
+)  # fmt: skip
+
+
+class TunnelRefused(OSError):
+    """The gateway refused a ``CONNECT``: its status and its ``X-Proxaro-*`` headers."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        super().__init__(f"the gateway refused the tunnel: {status} {reason}")
+        self.status = status
+        self.headers = headers
+
+
+class _TunnelConnection(HTTPSConnection):
+    """A urllib3 connection that keeps what the gateway said in its ``CONNECT`` answer.
+
+    http.client (and urllib3's copy of it) reads that answer and keeps only a message: the
+    exit's headers, and a refusal's ``X-Proxaro-Error``, would be lost.
+    """
+
+    #: The ``X-Proxaro-*`` pairs of the CONNECT answer that opened this tunnel.
+    proxaro_connect: list[tuple[str, str]] = []
+
+    def _tunnel(self) -> None:
+        host = self._tunnel_host or ""
+        if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in host):
+            raise ValueError(f"tunnel host can't contain control characters: {host!r}")
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        lines = [f"CONNECT {host}:{self._tunnel_port} HTTP/1.1\r\n"]
+        for name, value in self._tunnel_headers.items():  # type: ignore[attr-defined]
+            lines.append(f"{name}: {value}\r\n")
+        lines.append("\r\n")
+        self.send("".join(lines).encode("latin-1"))
+        response = http.client.HTTPResponse(self.sock, method="CONNECT")  # type: ignore[arg-type]
+        try:
+            _, status, reason = response._read_status()  # type: ignore[attr-defined]
+            message = http.client.parse_headers(response.fp)
+            pairs = gateway_pairs(message.items())
+        finally:
+            response.close()
+        if status != 200:
+            self.close()
+            raise TunnelRefused(status, reason.strip(), pairs)
+        self.proxaro_connect = pairs
+
+
+class _TunnelPool(HTTPSConnectionPool):
+    ConnectionCls = _TunnelConnection
+
+
+_POOL_CLASSES = {"http": HTTPConnectionPool, "https": _TunnelPool}
 
 
 def _replayable(body: Any) -> bool:
     return body is None or isinstance(body, (bytes, bytearray, str))
+
+
+def _connect_answer(response: requests.Response) -> list[tuple[str, str]] | None:
+    """The CONNECT answer's gateway headers for a response through a tunnel, if known."""
+    raw = response.raw
+    conn = getattr(raw, "connection", None) if raw is not None else None
+    return getattr(conn, "proxaro_connect", None)
 
 
 def _drainable(response: requests.Response) -> bool:
@@ -160,12 +232,21 @@ class ProxaroAdapter(HTTPAdapter):
         **adapter_kwargs: Any,
     ) -> None:
         if not isinstance(manager, GatewayManager):
-            raise TypeError("the first argument is a started GatewayManager")
-        if max_proxy_managers < 1:
-            raise ValueError("max_proxy_managers must be at least 1")
+            raise ConfigurationError(
+                "the first argument is a started GatewayManager", param="manager"
+            )
+        if (
+            isinstance(max_proxy_managers, bool)
+            or not isinstance(max_proxy_managers, int)
+            or max_proxy_managers < 1
+        ):
+            raise ConfigurationError(
+                f"max_proxy_managers is a whole number of at least 1, got {max_proxy_managers!r}",
+                param="max_proxy_managers",
+            )
         spec = check_spec(target)
         if spec is False or spec is UNSET:
-            raise TypeError("target is a Target, a dict or None")
+            raise ConfigurationError("target is a Target, a dict or None", param="target")
         self._manager = manager
         self._target: Target | None = spec
         self._session_key = session_key
@@ -199,6 +280,8 @@ class ProxaroAdapter(HTTPAdapter):
                 self.proxy_manager.move_to_end(proxy)
                 return pm
             pm = super().proxy_manager_for(proxy, **proxy_kwargs)
+            # Its tunnels keep what the gateway says in the CONNECT answer.
+            pm.pool_classes_by_scheme = _POOL_CLASSES
             evicted = []
             while len(self.proxy_manager) > self._max_proxy_managers:
                 evicted.append(self.proxy_manager.popitem(last=False)[1])
@@ -232,20 +315,17 @@ class ProxaroAdapter(HTTPAdapter):
             # From a redirect, a hook or the caller: inside a tunnel it would reach the target.
             del headers[PROXY_AUTHORIZATION]
         rr = self._manager.request(url, spec, key)
-        replayable = _replayable(request.body)
-        while True:
-            route = rr.next_route()
-            response, outcome, error = self._attempt(
-                request, route, rr, tunnel, (stream, timeout, verify, cert)
-            )
-            if response is not None:
-                return response
-            if not outcome.retry:
-                raise final_error(outcome) from error
-            if not replayable:
-                raise not_replayable(request.method or "GET", url, outcome) from error
-            if outcome.refresh:
-                self._manager.refresh_credentials(route.credentials_version)
+
+        def attempt(route: Route) -> tuple[requests.Response | None, Outcome, Exception | None]:
+            return self._attempt(request, route, rr, tunnel, (stream, timeout, verify, cert))
+
+        return run_sync(
+            self._manager,
+            rr,
+            attempt,
+            replayable=_replayable(request.body),
+            method=request.method or "GET",
+        )
 
     def _attempt(
         self,
@@ -254,7 +334,7 @@ class ProxaroAdapter(HTTPAdapter):
         rr: RequestRouting,
         tunnel: bool,
         args: tuple[Any, Any, Any, Any],
-    ) -> tuple[requests.Response | None, Outcome, BaseException | None]:
+    ) -> tuple[requests.Response | None, Outcome, Exception | None]:
         stream, timeout, verify, cert = args
         headers = request.headers
         if tunnel:
@@ -266,10 +346,17 @@ class ProxaroAdapter(HTTPAdapter):
             headers[PROXY_AUTHORIZATION] = route.proxy_authorization
         try:
             response = super().send(request, stream, timeout, verify, cert, proxies)
-        except _GATEWAY_FAULTS as exc:
-            if cert_failure(exc):
+        except Exception as exc:
+            refused = cause_in_chain(exc, TunnelRefused)
+            if isinstance(refused, TunnelRefused):
+                outcome = observe_failure(
+                    rr, Failure.TUNNEL_REFUSED, status=refused.status, headers=refused.headers
+                )
+                return None, outcome, exc
+            failure = failure_of(exc, FAILURES)
+            if failure is None:
                 raise
-            return None, rr.observe(exception=exc), exc
+            return None, observe_failure(rr, failure), exc
         finally:
             if not tunnel:
                 # Off again at once: redirects are prepared from this very request.
@@ -278,12 +365,20 @@ class ProxaroAdapter(HTTPAdapter):
                 else:
                     headers[PROXY_AUTHORIZATION] = saved
         try:
-            outcome = self._observe(rr, response, tunnel)
+            body = response.content if rr.is_ban is not None else None
+            outcome = observe_answer(
+                rr,
+                response.status_code,
+                response.headers,
+                tunnel=tunnel,
+                connect_headers=_connect_answer(response) if tunnel else None,
+                body=body,
+            )
         except BaseException:
             response.close()
             raise
         if outcome.ok:
-            setattr(response, _EXIT_ATTR, outcome.exit)
+            setattr(response, EXIT_KEY, outcome.exit)
             return response, outcome, None
         # Reuse a plain connection (the gateway picks each request's exit); drop a tunnel.
         try:
@@ -294,19 +389,6 @@ class ProxaroAdapter(HTTPAdapter):
         finally:
             response.close()
         return None, outcome, None
-
-    def _observe(self, rr: RequestRouting, response: requests.Response, tunnel: bool) -> Outcome:
-        status = response.status_code
-        if self._manager.core.is_ban is not None:
-            # The user's hook may look at the body and at the site's headers.
-            items = list(response.headers.items())
-            if tunnel:
-                items = [p for p in items if not gateway_pairs([p])]
-            return rr.observe(status=status, headers=items, body=response.content)
-        if tunnel:
-            # Every header inside a tunnel is the target's, which could pose as the gateway.
-            return rr.observe(status=status, headers=())
-        return rr.observe(status=status, headers=lookup_gateway_pairs(response.headers))
 
     def close(self) -> None:
         """Close every pool (the manager stays as it is)."""

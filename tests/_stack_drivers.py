@@ -24,7 +24,7 @@ import httpx
 from proxaro_scrape.integrations import aiohttp as px_aiohttp
 from proxaro_scrape.integrations import httpx as px_httpx
 from proxaro_scrape.integrations import requests as px_requests
-from proxaro_scrape.integrations._common import UNSET as PX_UNSET
+from proxaro_scrape.gateway.edge import UNSET as PX_UNSET
 
 from proxaro_scrape import GatewayManager
 from proxaro_scrape.gateway import ExitInfo
@@ -49,8 +49,6 @@ class Driver:
 
     name = ""
     is_async = False
-    #: Does the stack report the exit of an HTTPS tunnel (the CONNECT answer's headers)?
-    tunnel_exit = False
 
     def __init__(self, sb: Sandbox) -> None:
         self.sb = sb
@@ -117,7 +115,6 @@ def _httpx_ext(target: Any, session: Any) -> dict[str, Any]:
 
 class HttpxSync(Driver):
     name = "httpx"
-    tunnel_exit = True
 
     async def _open(self, mgr: GatewayManager) -> None:
         self.client = httpx.Client(
@@ -145,7 +142,6 @@ class HttpxSync(Driver):
 class HttpxAsync(Driver):
     name = "httpx_async"
     is_async = True
-    tunnel_exit = True
 
     async def _open(self, mgr: GatewayManager) -> None:
         self.client = httpx.AsyncClient(
@@ -213,7 +209,7 @@ class Aiohttp(Driver):
         self.middleware = px_aiohttp.ProxaroMiddleware(mgr)
         self.session = aiohttp.ClientSession(
             middlewares=(self.middleware,),
-            connector=aiohttp.TCPConnector(ssl=self.ssl),
+            connector=px_aiohttp.ProxaroConnector(ssl=self.ssl),
             timeout=aiohttp.ClientTimeout(total=15),
         )
 

@@ -41,6 +41,7 @@ from proxaro_scrape import (
 from proxaro_scrape.gateway import Target
 from proxaro_scrape.gateway._core import RoutingCore
 from proxaro_scrape.gateway._pool import PoolView, asn_from_model, country_from_model
+from proxaro_scrape.gateway.edge import Failure, observe_failure
 from proxaro_scrape.sandbox import Sandbox
 from tests._stack_drivers import DRIVERS, Driver
 from tests._traffic import (
@@ -590,10 +591,6 @@ def test_an_in_flight_success_does_not_close_a_breaker_the_pool_view_opened() ->
     assert route.target == Target(country="us"), "the degraded ASN got traffic back"
 
 
-class _TunnelError(OSError):
-    """What requests (and Scrapy) raise for a refused CONNECT: the status, no headers."""
-
-
 def test_bare_502s_on_connect_never_open_the_shared_breaker() -> None:
     """The cause of the outage ``test_exits_dropping_connections[requests]`` showed.
 
@@ -624,13 +621,12 @@ def test_bare_502s_on_connect_never_open_the_shared_breaker() -> None:
         for code, size in (("de", 2000), ("fr", 1000))
     ]
     core.install_pool(PoolView().with_countries(country_from_model(c) for c in europe))
-    bare = _TunnelError("Tunnel connection failed: 502 Bad Gateway")
     # A target with somewhere to go: this request fails over, the next one still goes to de.
     rr = core.request("https://shop.example/", {"country": "de"})
     rr.next_route()
-    assert rr.observe(exception=bare).kind == "exit_failure"
+    assert observe_failure(rr, Failure.TUNNEL_REFUSED, status=502).kind == "exit_failure"
     rr.next_route()
-    assert rr.observe(exception=bare).kind == "region_dead"
+    assert observe_failure(rr, Failure.TUNNEL_REFUSED, status=502).kind == "region_dead"
     assert rr.next_route().target == Target(country="fr")
     assert core.breakers.snapshot() == {}
     assert core.request("https://shop.example/", {"country": "de"}).next_route().target == Target(
@@ -640,7 +636,7 @@ def test_bare_502s_on_connect_never_open_the_shared_breaker() -> None:
     rr = core.request("https://shop.example/")
     for _ in range(4):
         rr.next_route()
-        out = rr.observe(exception=bare)
+        out = observe_failure(rr, Failure.TUNNEL_REFUSED, status=502)
         assert (out.kind, out.retry) == ("exit_failure", True)
     assert core.breakers.snapshot() == {}
     # The gateway's explicit no_exit still opens the breaker at once.

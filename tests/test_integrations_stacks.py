@@ -6,6 +6,7 @@ mechanism the middleware relies on.  The behaviours every stack shares are in
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import ssl
 import sys
@@ -16,12 +17,12 @@ import httpx
 import pytest
 import requests
 from multidict import CIMultiDict, CIMultiDictProxy
-from proxaro_scrape.integrations import aiohttp as px_aiohttp
-from proxaro_scrape.integrations import httpx as px_httpx
-from proxaro_scrape.integrations import requests as px_requests
 from yarl import URL
 
 from proxaro_scrape import AttemptsExhaustedError, GatewayManager, TargetError
+from proxaro_scrape.integrations import aiohttp as px_aiohttp
+from proxaro_scrape.integrations import httpx as px_httpx
+from proxaro_scrape.integrations import requests as px_requests
 from proxaro_scrape.sandbox import Sandbox
 
 pytestmark = pytest.mark.timeout(60)
@@ -196,6 +197,50 @@ def test_no_secret_in_reprs_or_errors(sandbox: Sandbox) -> None:
         session.close()
 
 
+def _gateway_open(sb: Sandbox) -> int:
+    """Connections the sandbox gateway holds open (its own counters)."""
+    c = sb.world.counters
+    return c["gateway.connections"] - c["gateway.connections_closed"]
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+async def test_aiohttp_idle_tunnels_are_bounded_per_username(
+    sandbox: Sandbox, bounded: bool
+) -> None:
+    """Every new sticky key opens a tunnel of its own; ProxaroConnector keeps the idle tunnels
+    of at most ``max_tunnel_keys`` usernames (aiohttp's own connector keeps them all until its
+    keep-alive expiry: shown beside it)."""
+    ctx = ssl.create_default_context(cafile=sandbox.ca_cert)
+    connector = (
+        px_aiohttp.ProxaroConnector(ssl=ctx, max_tunnel_keys=4)
+        if bounded
+        else aiohttp.TCPConnector(ssl=ctx)
+    )
+    async with manager(sandbox) as mgr:
+        proxaro = px_aiohttp.ProxaroMiddleware(mgr)
+        async with aiohttp.ClientSession(connector=connector, middlewares=(proxaro,)) as session:
+            tunnels = sandbox.world.counters["gateway.tunnels"]
+            for i in range(24):
+                mw = proxaro.using(session_key=f"key{i}")
+                async with session.get(f"{sandbox.site_https_url}/ip", middlewares=(mw,)) as r:
+                    assert r.status == 200
+                    if bounded:  # the CONNECT answer names the exit
+                        exit = px_aiohttp.exit_of(r)
+                        assert exit is not None and exit.ip == (await r.json())["ip"]
+            assert sandbox.world.counters["gateway.tunnels"] - tunnels == 24
+            idle = sum(len(v) for k, v in connector._conns.items() if k.is_ssl)
+            if bounded:
+                assert idle <= 4
+                # The gateway sees the evicted tunnels close (on the loops' next turns).
+                for _ in range(500):
+                    if _gateway_open(sandbox) <= 4:
+                        break
+                    await asyncio.sleep(0.01)
+                assert _gateway_open(sandbox) <= 4
+            else:
+                assert idle == 24 and _gateway_open(sandbox) == 24
+
+
 def test_aiohttp_errors_are_scrubbed_of_the_connect_headers() -> None:
     headers = CIMultiDict({"Host": "shop:443", "Proxy-Authorization": "Basic c2VjcmV0"})
     info = aiohttp.RequestInfo(
@@ -232,9 +277,8 @@ def test_a_missing_framework_names_the_extra(
 def test_an_untrusted_target_certificate_fails_once(sandbox) -> None:
     # Every exit presents the same certificate: retrying through new sessions cannot help, so
     # the client's own TLS error is raised after one tunnel.
-    from proxaro_scrape.integrations.httpx import ProxaroTransport
-
     from proxaro_scrape import GatewayManager
+    from proxaro_scrape.integrations.httpx import ProxaroTransport
 
     before = sandbox.world.counters["gateway.tunnels"]
     with GatewayManager(sandbox.api_key, sandbox.api_url) as mgr:

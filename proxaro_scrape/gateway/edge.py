@@ -224,12 +224,17 @@ _REFRESH = Next("retry", refresh=True)
 
 
 def decide(
-    outcome: Outcome, *, replayable: bool = True, method: str = "GET", url: str = ""
+    outcome: Outcome,
+    *,
+    replayable: bool | Callable[[], bool] = True,
+    method: str = "GET",
+    url: str = "",
 ) -> Next:
     """Return the answer, retry, or raise.
 
     ``replayable``: the request body can be sent again (bytes, a form, JSON; not a one-shot
-    stream).  ``method`` and ``url`` only word the error of a retry that cannot be made.
+    stream), or a callable that tells, asked only when a retry is due.  ``method`` and ``url``
+    only word the error of a retry that cannot be made.
     """
     if outcome.ok:
         return _RETURN
@@ -238,7 +243,7 @@ def decide(
         if error is None:  # the core always sets one; never raise None
             error = ProxaroError(f"the attempt failed ({outcome.kind}) and will not be retried")
         return Next("raise", error=error)
-    if not replayable:
+    if not (replayable() if callable(replayable) else replayable):
         return Next(
             "raise",
             error=RequestNotReplayableError(
@@ -256,14 +261,15 @@ def run_sync(
     rr: RequestRouting,
     attempt: Callable[[Route], tuple[R | None, Outcome, BaseException | None]],
     *,
-    replayable: bool = True,
+    replayable: bool | Callable[[], bool] = True,
     method: str = "GET",
 ) -> R:
     """The attempt loop for threads: route, attempt, decide, until an answer or an error.
 
     ``attempt(route)`` sends once and returns ``(answer, outcome, exception)``: the answer only
     when ``outcome.ok``, the stack's exception when there was one (it becomes the raised
-    error's ``__cause__``).
+    error's ``__cause__``).  ``replayable`` says whether the body can be sent again: a bool, or
+    a callable asked after a failed attempt (a stream is known to be spent only once sent).
     """
     while True:
         route = rr.next_route()
@@ -273,6 +279,8 @@ def run_sync(
             assert answer is not None
             return answer
         if step.action == "raise":
+            if exc is not None and outcome.kind == "tls_error":
+                raise exc  # the caller's trust store: the stack's own certificate error
             assert step.error is not None
             raise step.error from exc
         if step.refresh:
@@ -284,7 +292,7 @@ async def run_async(
     rr: RequestRouting,
     attempt: Callable[[Route], Awaitable[tuple[R | None, Outcome, BaseException | None]]],
     *,
-    replayable: bool = True,
+    replayable: bool | Callable[[], bool] = True,
     method: str = "GET",
 ) -> R:
     """The attempt loop for asyncio: :func:`run_sync` with ``await``."""
@@ -296,6 +304,8 @@ async def run_async(
             assert answer is not None
             return answer
         if step.action == "raise":
+            if exc is not None and outcome.kind == "tls_error":
+                raise exc  # the caller's trust store: the stack's own certificate error
             assert step.error is not None
             raise step.error from exc
         if step.refresh:
