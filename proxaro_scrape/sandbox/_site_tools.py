@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import re
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -23,6 +25,7 @@ __all__ = [
     "SPOOF_PREFIX",
     "SPOOF_PROXY_AUTHENTICATE",
     "tool_routes",
+    "whois",
 ]
 
 #: The largest body ``/bytes/<n>`` sends and ``/echo`` accepts.
@@ -51,6 +54,38 @@ SPOOF_EXIT_HEADERS: dict[str, str] = {
 SPOOF_PROXY_AUTHENTICATE = 'Basic realm="site"'
 
 _ERROR_TOKEN = re.compile(r"[a-z_]{1,40}")
+_FORMATS = ("json", "html")
+
+
+def whois(world: World, address: str) -> dict[str, str | None]:
+    """What ``/ip`` answers for a client address: the exit's public IP and what the world
+    knows of it when the address is an exit's, else the address itself and nulls."""
+    ex = world.exit_for_address(address)
+    if ex is None:
+        return {"ip": address, "country": None, "asn": None, "exit_class": None}
+    return {"ip": ex.ip, "country": ex.country, "asn": ex.asn, "exit_class": ex.exit_class}
+
+
+def _wants_html(request: web.Request) -> bool:
+    """``?format=html`` (a page for a person at a browser) or ``json`` (the default)."""
+    fmt = request.query.get("format", "json")
+    if fmt not in _FORMATS:
+        raise web.HTTPBadRequest(text="format is json or html\n")
+    return fmt == "html"
+
+
+def _table(title: str, cls: str, rows: Mapping[str, str | None]) -> web.Response:
+    """``rows`` as an HTML table, one ``<tr>`` per key (``<th>`` name, ``<td>`` value)."""
+    cells = "\n".join(
+        f"<tr><th>{html.escape(k)}</th><td>{'' if v is None else html.escape(v)}</td></tr>"
+        for k, v in rows.items()
+    )
+    text = (
+        "<!doctype html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
+        f"<table class='{cls}'>\n{cells}\n</table>\n</body></html>\n"
+    )
+    return web.Response(text=text, content_type="text/html")
 
 
 def tool_routes(world: World) -> web.RouteTableDef:
@@ -59,15 +94,10 @@ def tool_routes(world: World) -> web.RouteTableDef:
 
     @routes.get("/ip")
     async def ip(request: web.Request) -> web.Response:
-        address = request.remote or ""
-        ex = world.exit_for_address(address)
-        if ex is None:
-            return web.json_response(
-                {"ip": address, "country": None, "asn": None, "exit_class": None}
-            )
-        return web.json_response(
-            {"ip": ex.ip, "country": ex.country, "asn": ex.asn, "exit_class": ex.exit_class}
-        )
+        seen = whois(world, request.remote or "")
+        if _wants_html(request):
+            return _table("Your address as this site sees it", "ip", seen)
+        return web.json_response(seen)
 
     @routes.get("/headers")
     async def headers(request: web.Request) -> web.Response:
@@ -75,7 +105,14 @@ def tool_routes(world: World) -> web.RouteTableDef:
         for raw_name, raw_value in request.raw_headers:
             name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
             seen[name] = f"{seen[name]}, {value}" if name in seen else value
+        if _wants_html(request):
+            return _table("The request headers this site received", "headers", seen)
         return web.json_response({"headers": seen})
+
+    @routes.get("/favicon.ico")
+    async def favicon(request: web.Request) -> web.Response:
+        # Browsers ask for it on their own; an empty answer keeps their logs quiet.
+        return web.Response(status=204)
 
     @routes.get("/redirect")
     async def redirect(request: web.Request) -> web.Response:

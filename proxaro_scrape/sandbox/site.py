@@ -12,11 +12,30 @@ The shop (deterministic from ``world.seed``, so a crawl has a known, countable r
 - ``/catalog.json``: ``{"products", "pages", "page_size", "product_ids"...}``, the totals a
   crawl must find; ``/api/products?page=N``: the same listing as JSON; ``/robots.txt``.
 
+The same shop rendered by JavaScript (:mod:`proxaro_scrape.sandbox._site_js`), for browsers: each
+page's HTML holds an empty ``<main id="app">`` and a script that fetches JSON and builds the
+content with the static pages' class names, then sets ``data-rendered="true"`` on ``#app``
+(``"error"`` if the fetch failed).  No static page links to them, so crawls of the static shop
+are unchanged; each costs two requests of the anti-bot budget (the page and its JSON).
+
+- ``/js/products?page=N``: the listing, from ``/api/products?page=N``, linking to
+  ``/js/product/<id>`` and to the other ``/js/products`` pages (``a.prev``, ``a.page``,
+  ``a.next``);
+- ``/js/product/<id>``: the product page (``h1.name``, ``span.price``, ``span.sku``,
+  ``span.category``, ``span.stock``, ``p.description``), from ``/api/product/<id>.json``
+  (the product as JSON; a JSON 404 for an unknown id);
+- ``/js/ip``: what ``/ip`` says of the script's own fetch (``dd.ip``, ``dd.country``, ``dd.asn``,
+  ``dd.exit_class``) beside the page's own address (``#app[data-page-ip]``), and ``dd.same-exit``
+  ``yes`` when the page and its fetch left through the same exit.
+
 Tools for tests:
 
 - ``/ip`` → ``{"ip", "country", "asn", "exit_class"}``: the client address as seen; for a
   gateway exit, the exit's public IP and what the world knows of it; otherwise the address
-  itself and nulls.  ``/headers`` → ``{"headers": {...}}`` as received (names as sent).
+  itself and nulls.  ``/headers`` → ``{"headers": {...}}`` as received (names as sent).  Both
+  are plain JSON, which a browser shows as text; ``?format=html`` gives a table instead
+  (``<th>`` name, ``<td>`` value) for a person at a browser.  ``/favicon.ico`` answers 204 (a
+  browser asks for it on its own; it is outside the anti-bot budget).
 - ``/redirect?to=URL[&status=302]`` (same-host or cross-host), ``/status/<code>``,
   ``/delay/<ms>``, ``/bytes/<n>`` (Content-Length), ``/stream/<n>?size=&delay_ms=`` (chunked),
   ``POST|PUT /echo`` → ``{"bytes", "sha256", "transfer_encoding", "content_length"}``.
@@ -47,8 +66,9 @@ Anti-bot, per client address, in world time (``world.knobs``): ``site_budget`` r
 ``Retry-After``) and starts a ban: every request of that address then gets a 403 "banned"
 page for ``site_ban_seconds``, after which a fresh window starts.  Slow pages: ``site_slow_ms``
 of added latency on paths starting with one of ``site_slow_paths`` (all paths when that list
-is empty).  ``/catalog.json``, ``/robots.txt`` and the ``/spoof/`` pages are exempt from both,
-so that tests can always read the totals.  Every request counts in ``site.requests``.
+is empty).  ``/catalog.json``, ``/robots.txt``, ``/favicon.ico`` and the ``/spoof/`` pages are
+exempt from both, so that tests can always read the totals.  Every request counts in
+``site.requests``.
 """
 
 from __future__ import annotations
@@ -62,13 +82,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxaro_scrape.sandbox._site_tools import MAX_BYTES, SPOOF_PREFIX, tool_routes
+from proxaro_scrape.sandbox._site_js import js_routes
+from proxaro_scrape.sandbox._site_tools import MAX_BYTES, SPOOF_PREFIX, tool_routes, whois
 from proxaro_scrape.sandbox.world import World
 
 __all__ = ["PAGE_SIZE", "Product", "build_site_app", "catalogue"]
 
 PAGE_SIZE = 20
-_EXEMPT = frozenset({"/catalog.json", "/robots.txt"})
+_EXEMPT = frozenset({"/catalog.json", "/robots.txt", "/favicon.ico"})
 _MAX_ADDRESSES = 100_000
 
 _ADJECTIVES = (
@@ -108,6 +129,7 @@ class Product:
     description: str
 
     def as_json(self) -> dict[str, object]:
+        """The product as ``/api/products`` and ``/api/product/<id>.json`` serve it."""
         return {
             "id": self.id,
             "name": self.name,
@@ -301,5 +323,6 @@ def build_site_app(world: World) -> web.Application:
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_BYTES)
     app.add_routes(routes)
+    app.add_routes(js_routes(products, PAGE_SIZE, page_number, lambda a: whois(world, a)))
     app.add_routes(tool_routes(world))
     return app
