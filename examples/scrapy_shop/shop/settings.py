@@ -8,8 +8,12 @@ BOT_NAME = "shop"
 SPIDER_MODULES = ["shop.spiders"]
 NEWSPIDER_MODULE = "shop.spiders"
 
-# The add-on installs ProxaroDownloaderMiddleware before HttpProxyMiddleware.
+# The add-on installs ProxaroDownloaderMiddleware before HttpProxyMiddleware, and a download
+# handler for https that reads the gateway's CONNECT answer (the exit over HTTPS).
 ADDONS = {"proxaro_scrape.integrations.scrapy.ProxaroAddon": 0}
+# `scrapy crawl` exits 1 when Proxaro could not route at all (a wrong PROXARO_* setting, the
+# API down at start); Scrapy's own crawl command exits 0 whatever the close reason.
+COMMANDS_MODULE = "proxaro_scrape.integrations.scrapy.commands"
 
 # The project's default exit: the US.  A spider's `proxaro_target` replaces it for that spider,
 # and meta["proxaro"] for one request.
