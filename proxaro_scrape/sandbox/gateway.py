@@ -13,7 +13,9 @@ would, against the sandbox :class:`~proxaro_scrape.sandbox.world.World`:
   connection bound to the exit's ``127.x.y.z`` address so the target sees one client address
   per exit, sticky sessions kept for ``sesstime`` minutes of world time;
 - every answer of its own carries ``X-Proxaro-Error`` (protocol section 3); proxied responses
-  and ``200 Connection established`` carry ``X-Proxaro-Exit-*`` (section 4);
+  and ``200 Connection established`` carry ``X-Proxaro-Exit-*`` (section 4), and a proxied
+  plain-HTTP response first loses every ``X-Proxaro-*`` and ``Proxy-*`` header the target sent
+  (section 3; the demo site's ``/spoof/<status>`` pages are the target that sends them);
 - bytes of each request / tunnel go to ``world.record_session`` (usage and ``/v1/sessions``);
 - safety: only loopback targets are reached.  Any other host is refused at once with 403
   ``target_not_allowed``, decided from the literal host: the gateway never resolves a name.
