@@ -612,3 +612,203 @@ def test_sandbox_json_prints_one_line_first_then_stops_on_sigterm(spawn: Any) ->
     assert proc.wait(timeout=30) == 0
     assert out.q.empty()  # nothing after the one line
     assert not Path(info["ca_cert"]).exists()  # cleaned up on the way out
+
+
+# ------------------------------------------------------------------- edges a new user meets
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("webhooks",), ("allowlist",)],
+    ids=["top", "webhooks", "allowlist"],
+)
+def test_a_bare_group_prints_its_help(args: tuple[str, ...]) -> None:
+    result = cli(None, *args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("Usage: ") and "Commands:" in result.stdout
+    assert result.stderr == ""
+
+
+def _api_requests(sb: Sandbox) -> int:
+    return sb.world.counters.get("api.requests", 0)
+
+
+# Usage errors, found while parsing or after it: exit 2, one line, nothing sent.
+USAGE_ERRORS: list[tuple[str, tuple[str, ...], str]] = [
+    ("period_month_13", ("usage", "--period", "2026-13"), "--period"),
+    ("period_month_00", ("usage", "--period", "2026-00"), "--period"),
+    ("period_word", ("usage", "--period", "last-year"), "--period"),
+    (
+        "session_ttl_5000",
+        ("proxy-url", "--session", "s1", "--session-ttl", "5000"),
+        "--session-ttl",
+    ),
+    (
+        "session_ttl_1441",
+        ("proxy-url", "--session", "s1", "--session-ttl", "1441"),
+        "--session-ttl",
+    ),
+    ("session_ttl_0", ("proxy-url", "--session", "s1", "--session-ttl", "0"), "--session-ttl"),
+    ("session_ttl_no_session", ("proxy-url", "--session-ttl", "5"), "--session-ttl"),
+    (
+        "session_ttl_check",
+        ("check", "--url", "http://127.0.0.1:9", "--session-ttl", "5000"),
+        "--session-ttl",
+    ),  # fmt: skip
+    ("city_without_country", ("proxy-url", "--city", "berlin"), "country"),
+    ("session_space", ("proxy-url", "--session", "a b"), "session"),
+    ("orders_limit_0", ("orders", "--limit", "0"), "--limit"),
+    ("asns_code", ("asns", "usa"), "code"),
+    ("cidr_too_wide", ("allowlist", "add", "10.0.0.0/8"), "/24"),
+    ("hook_http", ("webhooks", "create", "http://127.0.0.1:9/"), "https"),
+    ("base_url_port", ("--base-url", "http://127.0.0.1:70000", "plans"), "--base-url"),
+    ("base_url_userinfo", ("--base-url", "http://u:pw@127.0.0.1:9", "plans"), "--base-url"),
+    ("base_url_insecure", ("--base-url", "http://198.51.100.7:9", "plans"), "clear text"),
+    ("api_key_shape", ("--api-key", "proxaro_test_123", "account"), "--api-key"),
+    ("rotate_no_terminal", ("rotate",), "--yes"),
+    ("unknown_command", ("nope",), "No such command"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"), [u[1:] for u in USAGE_ERRORS], ids=[u[0] for u in USAGE_ERRORS]
+)
+def test_usage_errors_exit_2_and_send_nothing(
+    sandbox: Sandbox, args: tuple[str, ...], words: str
+) -> None:
+    before = _api_requests(sandbox)
+    line = one_error_line(cli(sandbox, *args), code=2)
+    assert words in line
+    assert "pw@" not in line
+    assert _api_requests(sandbox) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("usage", "--period", "2026-12", "--json"),
+        ("usage", "--period", "2026-01", "--json"),
+        ("proxy-url", "--session", "s1", "--session-ttl", "1440", "--json"),
+        ("proxy-url", "--session", "s1", "--session-ttl", "1", "--json"),
+    ],
+    ids=["period_12", "period_01", "session_ttl_1440", "session_ttl_1"],
+)
+def test_usage_bounds_on_the_accepted_side(sandbox: Sandbox, args: tuple[str, ...]) -> None:
+    result = cli(sandbox, *args)
+    assert result.exit_code == 0, result.stderr
+    json.loads(result.stdout)
+
+
+def test_allow_insecure_http_is_an_option_of_every_command() -> None:
+    from proxaro_scrape._cli._common import CLIConfig
+
+    cfg = CLIConfig(base_url="http://198.51.100.7:9", allow_insecure_http=True)
+    with cfg.session(need_key=False) as client:  # built, never used: nothing is sent
+        assert client.base_url == "http://198.51.100.7:9"
+    result = cli(None, "plans", "--help")
+    assert "--allow-insecure-http" in result.stdout
+
+
+def _whole_on_one_line(stdout: str, values: list[str]) -> None:
+    lines = stdout.splitlines()
+    for value in values:
+        assert any(value in line for line in lines), (value, stdout)
+
+
+@pytest.mark.parametrize("columns", ["200", "80", "40", "20"])
+def test_ids_ips_and_urls_are_never_folded(sandbox: Sandbox, columns: str) -> None:
+    long_label = "a label long enough to need folding in any narrow terminal " * 2
+    entry = cli_json(sandbox, "allowlist", "add", "2001:db8:1234:5678::/64", "--label",
+                     long_label[:80])  # fmt: skip
+    hook = cli_json(sandbox, "webhooks", "create",
+                    "https://127.0.0.1:9/a/rather/long/path/for/the/webhook/endpoint")  # fmt: skip
+    cli(sandbox, "check", "--url", sandbox.site_url)  # one gateway session to list
+    wide = cli(sandbox, "sessions", "--json")
+    sessions = json.loads(wide.stdout)
+    env = {"COLUMNS": columns}
+    for args, values in [
+        (("allowlist", "list"), [entry["id"], entry["cidr"]]),
+        (("webhooks", "list"), [hook["id"], hook["url"]]),
+        (("sessions",), [s["id"] for s in sessions] + [s["exit_ip"] for s in sessions]),
+        (("credentials",), [sandbox.world.credentials.username]),
+        (("orders",), [o["id"] for o in cli_json(sandbox, "orders")]),
+    ]:
+        result = cli(sandbox, *args, **env)
+        assert result.exit_code == 0, result.stderr
+        _whole_on_one_line(result.stdout, values)
+
+
+def test_webhooks_json_says_how_to_get_the_masked_secret(sandbox: Sandbox, tmp_path: Path) -> None:
+    masked = cli(sandbox, "webhooks", "create", "https://127.0.0.1:9/h", "--json")
+    assert masked.exit_code == 0
+    data = json.loads(masked.stdout)  # stdout stays one JSON document
+    assert data["secret"] != sandbox.world.webhooks[-1].secret
+    assert "--reveal" in masked.stderr and "--secret-file" in masked.stderr
+    revealed = cli(sandbox, "webhooks", "rotate", data["id"], "--json", "--reveal")
+    assert json.loads(revealed.stdout)["secret"] == sandbox.world.webhooks[-1].secret
+    assert revealed.stderr == ""
+    saved = cli(sandbox, "webhooks", "rotate", data["id"], "--json", "--secret-file",
+                str(tmp_path / "s"))  # fmt: skip
+    assert "--reveal" not in saved.stderr
+
+
+def _plain(path: Path, mode: int) -> Path:
+    path.write_text("old\n")
+    path.chmod(mode)
+    return path
+
+
+def _link_to_victim(path: Path) -> Path:
+    victim = _plain(path.with_name("victim"), 0o644)
+    path.symlink_to(victim)
+    return path
+
+
+# (id, how to prepare the --secret-file path, whether it is written)
+SECRET_FILES: list[tuple[str, Any, bool]] = [
+    ("new_file", lambda p: p, True),
+    ("existing_0644", lambda p: _plain(p, 0o644), True),
+    ("existing_0666", lambda p: _plain(p, 0o666), True),
+    ("existing_0600", lambda p: _plain(p, 0o600), True),
+    ("existing_0400", lambda p: _plain(p, 0o400), True),
+    ("symlink_to_file", _link_to_victim, False),
+    ("dangling_symlink", lambda p: (p.symlink_to(p.with_name("nowhere")), p)[1], False),
+    ("directory", lambda p: (p.mkdir(), p)[1], False),
+    ("missing_directory", lambda p: p / "sub" / "secret", False),
+]
+
+
+@pytest.mark.parametrize("command", ["create", "rotate"])
+@pytest.mark.parametrize(
+    ("prepare", "written"), [s[1:] for s in SECRET_FILES], ids=[s[0] for s in SECRET_FILES]
+)
+def test_secret_files_are_0600_atomic_and_never_through_a_link(
+    sandbox: Sandbox, tmp_path: Path, command: str, prepare: Any, written: bool
+) -> None:
+    hook = cli_json(sandbox, "webhooks", "create", "https://127.0.0.1:9/s")
+    path = prepare(tmp_path / "secret")
+    old_umask = os.umask(0)  # the mode must not depend on the user's umask
+    try:
+        before = _api_requests(sandbox)
+        args = (
+            ("create", "https://127.0.0.1:9/t") if command == "create" else ("rotate", hook["id"])
+        )
+        result = cli(sandbox, "webhooks", *args, "--json", "--secret-file", str(path))
+    finally:
+        os.umask(old_umask)
+    if not written:
+        assert "--secret-file" in one_error_line(result, code=2)
+        assert _api_requests(sandbox) == before  # refused before the API was asked
+        victim = tmp_path / "victim"
+        if victim.exists():
+            assert victim.read_text() == "old\n" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+        return
+    assert result.exit_code == 0, result.stderr
+    secret = (
+        sandbox.world.webhooks[-1].secret
+        if command == "create"
+        else next(h.secret for h in sandbox.world.webhooks if h.id == hook["id"])
+    )
+    assert path.read_text() == secret + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and not path.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]  # no temporary file left
