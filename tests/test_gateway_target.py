@@ -185,6 +185,7 @@ def test_the_gateway_public_surface_is_pinned() -> None:
     assert gateway.__all__ == [
         "HEALTHY_ASN",
         "ExitInfo",
+        "GatewayConfig",
         "GatewayManager",
         "Outcome",
         "RequestRouting",
@@ -192,6 +193,42 @@ def test_the_gateway_public_surface_is_pinned() -> None:
         "Target",
         "classify",
     ]
-    for name in ("ExitInfo", "GatewayManager", "Outcome", "RequestRouting", "Route", "Target"):
+    names = ("ExitInfo", "GatewayConfig", "GatewayManager", "Outcome", "RequestRouting", "Route")
+    for name in (*names, "Target"):
         assert getattr(proxaro_scrape, name) is getattr(gateway, name)
         assert name in proxaro_scrape.__all__
+
+
+_CODES = [f"{a}{b}" for a in "abcdefghijklmnopqrstuvwxyz" for b in "abcdefghijklmnopqrstuvwxyz"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"country": "us", "city": "a" * 64}, None),
+        ({"country": "us", "city": "a" * 65}, "city"),
+        ({"country": "us", "city": "x" * 100_000}, "city"),
+        ({"country": "us", "asn": 1}, None),
+        ({"country": "us", "asn": 0}, "asn"),
+        ({"country": "us", "asn": 4_294_967_295}, None),
+        ({"country": "us", "asn": 4_294_967_296}, "asn"),
+        ({"country": "us", "asn": "4294967295"}, None),
+        ({"country": "us", "asn": "9" * 5000}, "asn"),
+        ({"continent": "E" * 32}, None),
+        ({"continent": "E" * 33}, "continent"),
+        ({"countries": _CODES[:250]}, None),
+        ({"countries": _CODES[:251]}, "countries"),
+        ({"session": "a" * 32}, None),
+        ({"session": "a" * 33}, "session"),
+    ],
+)
+def test_free_form_values_are_bounded_as_the_gateway_accepts(
+    fields: dict[str, object], param: str | None
+) -> None:
+    if param is None:
+        Target(**fields)  # type: ignore[arg-type]
+        return
+    with pytest.raises(TargetError) as info:
+        Target(**fields)  # type: ignore[arg-type]
+    assert info.value.param == param
+    assert len(str(info.value)) < 200  # the value is never echoed whole

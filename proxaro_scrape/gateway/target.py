@@ -50,6 +50,11 @@ HEALTHY_ASN = "healthy"
 _COUNTRY = re.compile(r"[a-z]{2}\Z")
 _CITY = re.compile(r"[a-z0-9_]+\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")
+#: Bounds on free-form values, so that a runaway string fails here and not as a 64 KiB header.
+MAX_CITY_LENGTH = 64
+MAX_CONTINENT_LENGTH = 32
+MAX_COUNTRIES = 250
+MAX_ASN = 4_294_967_295  # 32-bit AS numbers
 _SESSION = re.compile(rf"[A-Za-z0-9]{{1,{protocol.MAX_SESSION_ID_LENGTH}}}\Z")
 
 #: Keys a mapping may use in :meth:`Target.coerce`: the field names, plus the grammar's own
@@ -101,6 +106,10 @@ class Target:
             codes: list[str] = []
             for code in countries:
                 _check_country(code, "countries")
+                if len(codes) >= MAX_COUNTRIES:
+                    raise TargetError(
+                        f"countries lists at most {MAX_COUNTRIES} codes", param="countries"
+                    )
                 if code not in codes:
                     codes.append(code)
             if not codes:
@@ -113,9 +122,14 @@ class Target:
         put(self, "countries", countries)
 
         if self.continent is not None:
-            if not isinstance(self.continent, str) or not self.continent.strip():
+            if (
+                not isinstance(self.continent, str)
+                or not self.continent.strip()
+                or len(self.continent) > MAX_CONTINENT_LENGTH
+            ):
                 raise TargetError(
-                    f"continent must be a name such as 'Europe', got {self.continent!r}",
+                    f"continent must be a name such as 'Europe' (at most "
+                    f"{MAX_CONTINENT_LENGTH} characters), got {_clip(self.continent)}",
                     param="continent",
                 )
             if country is not None or countries is not None:
@@ -126,13 +140,18 @@ class Target:
         if self.city is not None:
             city = self.city
             if not isinstance(city, str):
-                raise TargetError(f"city must be a string, got {city!r}", param="city")
+                raise TargetError(f"city must be a string, got {_clip(city)}", param="city")
+            if len(city) > MAX_CITY_LENGTH:
+                raise TargetError(
+                    f"city is at most {MAX_CITY_LENGTH} characters, got {len(city)}",
+                    param="city",
+                )
             # The grammar writes spaces as "_" and everything but the session in lower case.
             city = "_".join(city.strip().lower().split())
             if not _CITY.match(city):
                 raise TargetError(
                     f"city must be lower case letters, digits and '_' (spaces become '_'), "
-                    f"got {self.city!r}",
+                    f"got {_clip(self.city)}",
                     param="city",
                 )
             if not single:
@@ -142,7 +161,7 @@ class Target:
         if self.asn is not None:
             asn: Any = self.asn
             if isinstance(asn, bool) or not isinstance(asn, (int, str)):
-                raise TargetError(f"asn must be digits, got {asn!r}", param="asn")
+                raise TargetError(f"asn must be digits, got {_clip(asn)}", param="asn")
             if isinstance(asn, int):
                 if asn <= 0:
                     raise TargetError(f"asn must be a positive number, got {asn!r}", param="asn")
@@ -153,8 +172,10 @@ class Target:
                         f"write the ASN without the 'AS' prefix: asn={asn[2:]!r}, not {asn!r}",
                         param="asn",
                     )
-                if not _DIGITS.match(asn):
-                    raise TargetError(f"asn must be digits only, got {asn!r}", param="asn")
+                if not _DIGITS.match(asn) or len(asn) > 10 or not 0 < int(asn) <= MAX_ASN:
+                    raise TargetError(
+                        f"asn must be digits only, 1..{MAX_ASN}, got {_clip(asn)}", param="asn"
+                    )
             if not single:
                 raise TargetError("an ASN needs a single country (country='..')", param="asn")
             put(self, "asn", asn)
@@ -354,3 +375,9 @@ def _check_country(code: Any, param: str) -> None:
             f"got {code!r}{hint}",
             param=param,
         )
+
+
+def _clip(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut short: an error message never echoes a 100,000-character value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
