@@ -812,3 +812,19 @@ def test_secret_files_are_0600_atomic_and_never_through_a_link(
     assert path.read_text() == secret + "\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and not path.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("proxy-url", "--country", "de"), ("proxy-url",), ("check", "--url", "{site}")],
+    ids=["proxy_url_country", "proxy_url_any", "check"],
+)
+def test_gateway_commands_cost_at_most_three_api_calls(
+    sandbox: Sandbox, args: tuple[str, ...]
+) -> None:
+    """Credentials, countries, usage: a one-shot command spends no more of the key's budget
+    (it spent twelve while the manager prefetched every country's ASNs)."""
+    before = _api_requests(sandbox)
+    result = cli(sandbox, *(a.replace("{site}", sandbox.site_url) for a in args), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert _api_requests(sandbox) - before <= 3

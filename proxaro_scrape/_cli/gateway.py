@@ -115,10 +115,10 @@ def target_dict(target: Target) -> dict[str, Any]:
 def started_manager(client: Proxaro) -> Iterator[GatewayManager]:
     """A manager for one command: credentials and pool view fetched, and no background driver.
 
-    ``start()`` fetches what routing needs (credentials, countries, one ASN listing), then its
-    driver would prefetch every country's ASNs: some thirty API calls a one-shot command has no
-    use for, and that eat into the key's rate limit when commands run in a loop.  So the driver
-    is stopped at once; the routing state stays, and a 407 still refreshes through ``client``.
+    ``start()`` costs three API calls (credentials, countries, usage; ASN listings are fetched
+    only for a target that names an ASN).  The background driver that would keep them fresh
+    has nothing to do in a one-shot command, so it is stopped at once; the routing state stays,
+    and a 407 still refreshes the credentials through ``client``.
     """
     mgr = GatewayManager(
         client=client,
