@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
     from proxaro_scrape import AsyncProxaro
-    from proxaro_scrape.gateway import GatewayManager, Target
-    from proxaro_scrape.gateway.config import GatewayConfig
+    from proxaro_scrape.gateway import GatewayConfig, GatewayManager, Target
 
     from ._settings import ProxaroSettings
 

@@ -177,9 +177,7 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         except ConfigurationError as exc:
             mw = cls(crawler, None, None, config_error=exc)
         else:
-            config = proxaro.config
-            options = {name: getattr(config, name) for name in config.option_names()}
-            manager = GatewayManager(async_client=client, **options)
+            manager = GatewayManager(async_client=client, config=proxaro.config)
             mw = cls(crawler, manager, proxaro, client)
             crawler.signals.connect(mw._request_scheduled, signal=signals.request_scheduled)
             crawler.signals.connect(mw._request_dropped, signal=signals.request_dropped)

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxaro_scrape import AsyncProxaro
 from proxaro_scrape.errors import ConfigurationError
-from proxaro_scrape.gateway import Target
-from proxaro_scrape.gateway.config import GatewayConfig
+from proxaro_scrape.gateway import GatewayConfig, Target
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
