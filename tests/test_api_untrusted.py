@@ -28,7 +28,7 @@ from _api_support import TinyServer
 from aiohttp import web
 from conftest import run_async
 
-from proxaro_scrape import AsyncProxaro, Proxaro
+from proxaro_scrape import AsyncProxaro, Pacer, Proxaro
 from proxaro_scrape._secrets import Secret
 from proxaro_scrape.api import _deadline, _validate
 from proxaro_scrape.api._base import ClientConfig, RequestSpec, RetryPolicy, retrying_kwargs
@@ -368,6 +368,21 @@ def test_a_prompt_answer_within_the_deadline_is_read(kind: str) -> None:
     finally:
         server.close()
     assert plans == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_pacing_wait_beyond_the_deadline_raises_at_once(kind: str) -> None:
+    server = SlowServer("fast")
+    pacer = Pacer(1, window=600.0, burst=1)  # one request per ten minutes
+    try:
+        assert _call(kind, lambda c: c.plans.list(), base_url=server.url, pacer=pacer) == []
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError) as err:
+            _call(kind, lambda c: c.plans.list(), base_url=server.url, pacer=pacer, timeout=2.0)
+        assert time.monotonic() - started < 2.0  # not after sleeping
+    finally:
+        server.close()
+    assert err.value.timeout == 2.0 and server.connections == 1
 
 
 def test_the_sync_client_sends_through_the_deadline_backend() -> None:
