@@ -17,6 +17,7 @@ import pytest_twisted
 import scrapy
 from scrapy.crawler import Crawler, CrawlerRunner
 
+from proxaro_scrape.errors import ConfigurationError
 from proxaro_scrape.integrations.scrapy import ProxaroAddon, ProxaroDownloadHandler
 from proxaro_scrape.sandbox import Sandbox
 
@@ -159,3 +160,20 @@ def test_the_addon_installs_the_handler_for_https_only_where_scrapys_own_is() ->
         settings_dict={"ADDONS": {ProxaroAddon: 0}, "DOWNLOAD_HANDLERS": {"https": mine}}
     )
     assert crawler.settings.getwithbase("DOWNLOAD_HANDLERS")["https"] == mine
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_that_fails_verification_is_raised_not_retried(
+    sandbox: Sandbox,
+) -> None:
+    # Scrapy's trust store does not know the sandbox's CA: with verification on, the site's
+    # certificate fails, and no exit can change that.
+    url = f"{sandbox.site_https_url}/ip"
+    crawler = await crawl(sandbox, [url], [], DOWNLOAD_VERIFY_CERTIFICATES=True)
+    spider = crawler.spider
+    assert isinstance(spider, Visit)
+    error = spider.errors[url]
+    assert isinstance(error, ConfigurationError) and error.param == "verify"
+    stats = crawler.stats.get_stats()  # type: ignore[union-attr]
+    assert stats["proxaro/requests"] == 1  # one attempt: never retried through other exits
+    assert stats["proxaro/outcomes/tls_error"] == 1
