@@ -129,8 +129,9 @@ def _sync_stack(
 
         return b, p, t, close
     import requests
-    from proxaro_scrape.integrations.requests import ProxaroSession
     from requests.adapters import HTTPAdapter
+
+    from proxaro_scrape.integrations.requests import ProxaroSession
 
     rbase = requests.Session()
     rbase.mount("http://", HTTPAdapter(pool_maxsize=CONCURRENCY))
@@ -281,6 +282,7 @@ class _AsyncClients:
 
         else:
             import aiohttp
+
             from proxaro_scrape.integrations.aiohttp import ProxaroMiddleware
 
             abase = aiohttp.ClientSession()

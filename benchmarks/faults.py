@@ -54,6 +54,7 @@ class _Client:
         ctx = ssl.create_default_context(cafile=sb.ca_cert)
         if stack == "httpx_async":
             import httpx
+
             from proxaro_scrape.integrations.httpx import AsyncProxaroTransport
 
             limits = httpx.Limits(
@@ -64,6 +65,7 @@ class _Client:
             )
         elif stack == "aiohttp":
             import aiohttp
+
             from proxaro_scrape.integrations.aiohttp import ProxaroMiddleware
 
             self._aiohttp = aiohttp.ClientSession(

@@ -5,7 +5,6 @@ Each test runs twice, sync and async, with the same assertions (see ``_api_suppo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -26,6 +25,7 @@ from proxaro_scrape import (
 from proxaro_scrape._secrets import Secret
 from proxaro_scrape.errors import ConflictError, InvalidRequestError, NotFoundError
 from proxaro_scrape.sandbox import Sandbox
+from tests._support import eventually
 
 
 @pytest.fixture
@@ -291,12 +291,11 @@ def test_webhook_attempts_are_delivery_receipts(kind: str) -> None:
             # Nothing listens on port 9: every delivery fails, and each attempt is a receipt.
             hook = driver(lambda c: c.webhooks.create("https://127.0.0.1:9/h", ["order.paid"]))
             sandbox.control("event", type="order.paid")
-            for _ in range(200):
-                attempts = driver.items(lambda c: c.webhooks.attempts(hook.id, limit=1))
-                if attempts:
-                    break
-                time.sleep(0.05)
-            assert attempts, "the sandbox deliverer recorded no attempt"
+            attempts = eventually(
+                lambda: driver.items(lambda c: c.webhooks.attempts(hook.id, limit=1)),
+                interval=0.05,
+                message="the sandbox deliverer recorded no attempt",
+            )
             first = attempts[-1]
             assert first.webhook_id == hook.id and first.event_type == "order.paid"
             assert first.ok is False and first.attempt == 1 and aware(first.attempted_at)

@@ -27,10 +27,6 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from proxaro_scrape.integrations.aiohttp import ProxaroMiddleware
-from proxaro_scrape.integrations.httpx import ProxaroTransport
-from proxaro_scrape.integrations.requests import ProxaroSession
-from proxaro_scrape.integrations.scrapy import ProxaroDownloaderMiddleware
 from scrapy.utils.test import get_crawler
 
 from proxaro_scrape import (
@@ -45,6 +41,10 @@ from proxaro_scrape import (
     TargetError,
     WebhookReceiver,
 )
+from proxaro_scrape.integrations.aiohttp import ProxaroMiddleware
+from proxaro_scrape.integrations.httpx import ProxaroTransport
+from proxaro_scrape.integrations.requests import ProxaroSession
+from proxaro_scrape.integrations.scrapy import ProxaroDownloaderMiddleware
 from proxaro_scrape.sandbox import Sandbox
 
 pytestmark = pytest.mark.timeout(90)

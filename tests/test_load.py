@@ -30,11 +30,11 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 import pytest_twisted
+
+from benchmarks._sandbox import SandboxProcess, sandbox_process
+from proxaro_scrape import GatewayManager
 from proxaro_scrape.integrations import aiohttp as px_aiohttp
 from proxaro_scrape.integrations.scrapy import ProxaroDownloaderMiddleware
-
-from proxaro_scrape import GatewayManager
-from benchmarks._sandbox import SandboxProcess, sandbox_process
 from tests._scrapy_traffic import crawl_under, manager_of, settings_for, sleep, stats_of
 from tests._stack_drivers import Aiohttp
 from tests._traffic import Tally, Traffic, echo_plan, open_tcp_to, report, settle

@@ -237,13 +237,13 @@ def test_the_readme_has_snippets_of_every_kind() -> None:
 
 @pytest.mark.parametrize("block", SETTINGS, ids=lambda b: b.id)
 def test_scrapy_settings_fragment_is_accepted(block: Block) -> None:
+    from scrapy.utils.test import get_crawler
+
+    from proxaro_scrape.gateway import GatewayManager, Target
     from proxaro_scrape.integrations.scrapy import (
         MIDDLEWARE_PRIORITY,
         ProxaroDownloaderMiddleware,
     )
-    from scrapy.utils.test import get_crawler
-
-    from proxaro_scrape.gateway import GatewayManager, Target
 
     namespace: dict[str, Any] = {}
     exec(compile(block.code, block.id, "exec"), namespace)  # noqa: S102 - our own README

@@ -45,7 +45,6 @@ from tests._scrapy_traffic import (
     crawl_under,
     manager_of,
     settings_for,
-    sleep,
     wait_until,
 )
 from tests._stack_drivers import DRIVERS, Driver
@@ -300,7 +299,8 @@ async def test_no_secret_anywhere_in_a_scrapy_crawl(
     objects: dict[str, Any] = {}
 
     async def script(spider: Sustained) -> None:
-        await sleep(0.3)
+        # Traffic under the first password first (answers, not a fixed pause).
+        await wait_until(lambda: spider.responses >= 10, 10.0)
         passwords.append((await control(sb, "rotate"))["password"])
         assert spider.crawler is not None
         mgr = manager_of(spider.crawler)
@@ -312,7 +312,9 @@ async def test_no_secret_anywhere_in_a_scrapy_crawl(
         await control(sb, "gateway", exit_drop_rate=1.0)
         await wait_until(lambda: sum(spider.failures.values()) >= 2, 10.0)
         await control(sb, "gateway", exit_drop_rate=0.0)
-        await sleep(0.2)
+        # Some traffic on healthy exits again before the crawl ends.
+        healthy_from = spider.responses
+        await wait_until(lambda: spider.responses >= healthy_from + 5, 10.0)
 
     bases = [sb.site_url, sb.site_https_url]
     settings = settings_for(sb, LOG_LEVEL="DEBUG", PROXARO_STICKY="domain")
