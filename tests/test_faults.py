@@ -55,6 +55,8 @@ from tests._traffic import (
     report,
 )
 
+# The scenarios run traffic through phases of seconds: they are @pytest.mark.slow (the slow
+# tier); the tests of single rules at the end are fast.
 pytestmark = pytest.mark.timeout(60)
 
 STACKS = sorted(DRIVERS)
@@ -150,6 +152,7 @@ async def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
 # ---------------------------------------------------------------------------- API storms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", STACKS)
 async def test_api_storm_while_credentials_and_pool_refresh(
     stack: str, sandbox: Sandbox, record_property: Any
@@ -208,6 +211,7 @@ async def wait_for_storm(sb: Sandbox, timeout: float) -> bool:
 # ---------------------------------------------------------------------------- pool health
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", STACKS)
 async def test_region_down_and_back_up(stack: str, sandbox: Sandbox, record_property: Any) -> None:
     """``de`` goes down mid-run: traffic fails over to a neighbour, then returns to ``de``."""
@@ -247,6 +251,7 @@ async def test_region_down_and_back_up(stack: str, sandbox: Sandbox, record_prop
     assert run.notes["attempts_in_de"]["up"] > 0  # and traffic came back to de
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", STACKS)
 async def test_degraded_asn(stack: str, sandbox: Sandbox, record_property: Any) -> None:
     """A pinned ASN turns degraded (half its requests fail at the exit): retries, then failover."""
@@ -299,6 +304,7 @@ async def test_degraded_asn(stack: str, sandbox: Sandbox, record_property: Any) 
 # ---------------------------------------------------------------------------- exits and targets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", STACKS)
 async def test_exits_dropping_connections(
     stack: str, sandbox: Sandbox, record_property: Any
@@ -321,6 +327,7 @@ async def test_exits_dropping_connections(
     assert sum(tally.failures.values()) <= 3 + 4 * expected, tally.figures()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", STACKS)
 async def test_slow_target(stack: str, sandbox: Sandbox, record_property: Any) -> None:
     """Product pages answer after 1.5 s, the gateway gives up after 0.4 s (504 target_timeout).
@@ -361,6 +368,7 @@ async def test_slow_target(stack: str, sandbox: Sandbox, record_property: Any) -
 # ---------------------------------------------------------------------------- credentials
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", STACKS)
 async def test_rotation_then_second_rotation_inside_the_grace(
     stack: str, sandbox: Sandbox, record_property: Any
@@ -384,6 +392,7 @@ async def test_rotation_then_second_rotation_inside_the_grace(
     assert run.drv.manager.credentials.password == sb.world.credentials.password
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", STACKS)
 async def test_credentials_expiring(stack: str, sandbox: Sandbox, record_property: Any) -> None:
     """The credentials expire: every request ends in an explicit ``GatewayAuthError`` (after one
@@ -421,6 +430,7 @@ async def test_credentials_expiring(stack: str, sandbox: Sandbox, record_propert
 # ---------------------------------------------------------------------------- gateway restart
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", STACKS)
 async def test_gateway_restarted_mid_run(
     stack: str, sandbox: Sandbox, record_property: Any
@@ -450,6 +460,7 @@ async def test_gateway_restarted_mid_run(
 # ---------------------------------------------------------------------------- webhooks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", STACKS)
 async def test_webhooks_duplicated_reordered_forged_replayed(
     stack: str, sandbox: Sandbox, record_property: Any
