@@ -10,7 +10,9 @@ CONNECT answer is the gateway's, and the add-on's download handler reads it, so
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
@@ -21,6 +23,7 @@ from proxaro_scrape.errors import ConfigurationError
 from proxaro_scrape.integrations.scrapy import ProxaroAddon, ProxaroDownloadHandler
 from proxaro_scrape.sandbox import Sandbox
 
+EXAMPLE = str(Path(__file__).resolve().parent.parent / "examples" / "scrapy_shop")
 SPOOFS = ("/spoof/200", "/spoof/502", "/spoof/504", "/spoof/407", "/spoof/407?error=")
 
 
@@ -177,3 +180,26 @@ async def test_a_certificate_that_fails_verification_is_raised_not_retried(
     stats = crawler.stats.get_stats()  # type: ignore[union-attr]
     assert stats["proxaro/requests"] == 1  # one attempt: never retried through other exits
     assert stats["proxaro/outcomes/tls_error"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_example_spider_names_every_exit_over_https(sandbox: Sandbox) -> None:
+    if EXAMPLE not in sys.path:
+        sys.path.insert(0, EXAMPLE)
+    from shop.run import ProductsSpider, project_settings
+
+    settings = project_settings(
+        PROXARO_API_KEY=sandbox.api_key,
+        PROXARO_BASE_URL=sandbox.api_url,
+        TELNETCONSOLE_ENABLED=False,
+        LOG_LEVEL="INFO",
+    )
+    runner = CrawlerRunner(settings)
+    crawler = runner.create_crawler(ProductsSpider)
+    await runner.crawl(crawler, site_url=sandbox.site_https_url)
+    spider = crawler.spider
+    assert isinstance(spider, ProductsSpider)
+    assert spider.failures == [] and spider.product_pages == len(spider.product_ids) > 300
+    # Every page's exit named (from the CONNECT answers), in the three countries targeted.
+    assert set(spider.pages_by_country) == {"de", "fr", "us"}
+    assert len(spider.exit_ips) == 3  # sticky per (site, target)

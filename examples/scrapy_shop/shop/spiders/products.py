@@ -11,7 +11,7 @@ Targeting at three levels:
   spider's country and ``override_countries`` (France and the US by default), so one crawl
   shows exits in three countries at once (``-a override_countries=`` keeps them all German).
 
-Each item carries the exit that fetched its page (``X-Proxaro-Exit-*`` response headers), and
+Each item carries the exit that fetched its page (``meta["proxaro_exit"]``, HTTPS too), and
 the spider counts pages and exits as it goes (:meth:`ProductsSpider.summary`), so a program
 that runs it in-process (``shop.run.crawl``) can report them without reading the items.
 """
@@ -26,6 +26,8 @@ from typing import Any
 import scrapy
 from scrapy.http import Response
 from twisted.python.failure import Failure
+
+from proxaro_scrape import ExitInfo
 
 
 class ProductsSpider(scrapy.Spider):
@@ -58,7 +60,7 @@ class ProductsSpider(scrapy.Spider):
         self.listing_pages = 0
         self.product_pages = 0
         self.pages_by_country: Counter[str] = Counter()
-        #: Distinct exit IPs seen in the answers' X-Proxaro-Exit-IP.
+        #: Distinct exit IPs the middleware named (``meta["proxaro_exit"]``).
         self.exit_ips: set[str] = set()
         #: Product ids scraped (one item each).
         self.product_ids: set[int] = set()
@@ -101,7 +103,7 @@ class ProductsSpider(scrapy.Spider):
 
     def parse_product(self, response: Response) -> Iterator[dict[str, Any]]:
         """One item per product, with the exit that fetched it."""
-        exit_ip, exit_country = self._count(response, product=True)
+        exit_info = self._count(response, product=True)
         pid = int(response.css("div.product::attr(data-id)").get("0"))
         self.product_ids.add(pid)
         yield {
@@ -111,9 +113,9 @@ class ProductsSpider(scrapy.Spider):
             "sku": response.css("span.sku::text").get(),
             "category": response.css("span.category::text").get(),
             "url": response.url,
-            "exit_ip": exit_ip,
-            "exit_country": exit_country,
-            "exit_class": _header(response, "X-Proxaro-Exit-Class"),
+            "exit_ip": exit_info.ip if exit_info else None,
+            "exit_country": exit_info.country if exit_info else None,
+            "exit_class": exit_info.exit_class if exit_info else None,
         }
 
     def failed(self, failure: Failure) -> None:
@@ -139,21 +141,17 @@ class ProductsSpider(scrapy.Spider):
             "failed": len(self.failures),
         }
 
-    def _count(self, response: Response, *, product: bool) -> tuple[str | None, str | None]:
+    def _count(self, response: Response, *, product: bool) -> ExitInfo | None:
         if product:
             self.product_pages += 1
         else:
             self.listing_pages += 1
-        exit_ip = _header(response, "X-Proxaro-Exit-IP")
-        exit_country = _header(response, "X-Proxaro-Exit-Country")
-        if exit_ip:
-            self.exit_ips.add(exit_ip)
-        self.pages_by_country[exit_country or "unknown"] += 1
+        # The middleware names the exit in meta, from the gateway's own headers: the answer's
+        # over plain HTTP, the CONNECT answer's over HTTPS (a page's headers are the site's).
+        exit_info: ExitInfo | None = response.meta.get("proxaro_exit")
+        if exit_info is not None and exit_info.ip:
+            self.exit_ips.add(exit_info.ip)
+        self.pages_by_country[(exit_info.country if exit_info else None) or "unknown"] += 1
         if self.on_page is not None:
             self.on_page(self, response)
-        return exit_ip, exit_country
-
-
-def _header(response: Response, name: str) -> str | None:
-    value = response.headers.get(name)
-    return value.decode("latin-1") if value is not None else None
+        return exit_info
