@@ -492,7 +492,7 @@ def test_check_fails_over_from_a_dead_region_and_explains_failures(sandbox: Sand
     assert data["body"]["country"] == data["exit"]["country"]
     unverified = one_error_line(cli(sandbox, "check", "--url", f"{sandbox.site_https_url}/ip"))
     assert "--ca-cert" in unverified
-    assert "http://" in one_error_line(cli(sandbox, "check", "--url", "ftp://x"))
+    assert "http://" in one_error_line(cli(sandbox, "check", "--url", "ftp://x"), code=2)
     cli_json(sandbox, "allowlist", "add", "198.51.100.42/32")
     refused = one_error_line(cli(sandbox, "check", "--url", sandbox.site_url))
     assert "allowlist" in refused
@@ -667,6 +667,10 @@ USAGE_ERRORS: list[tuple[str, tuple[str, ...], str]] = [
     ("api_key_shape", ("--api-key", "proxaro_test_123", "account"), "--api-key"),
     ("rotate_no_terminal", ("rotate",), "--yes"),
     ("unknown_command", ("nope",), "No such command"),
+    ("check_url_port", ("check", "--url", "http://127.0.0.1:70000/ip"), "--url"),
+    ("check_url_scheme", ("check", "--url", "ftp://127.0.0.1/ip"), "--url"),
+    ("sandbox_plan", ("sandbox", "--plan", "platinum"), "--plan"),
+    ("sandbox_port", ("sandbox", "--port", "65536"), "--port"),
 ]
 
 

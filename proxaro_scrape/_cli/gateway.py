@@ -174,8 +174,16 @@ def proxy_url(
 
 def _with_default_path(url: str) -> str:
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # past 65535, or not digits: httpx would reach some other port
+        port = -1
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CommandError(f"--url must be an http:// or https:// URL, got {url!r}")
+        raise click.BadParameter(
+            f"{url!r} is not an http:// or https:// URL with a host", param_hint="'--url'"
+        )
+    if port is not None and not 1 <= port <= 65535:
+        raise click.BadParameter(f"{url!r} has no port from 1 to 65535", param_hint="'--url'")
     if parts.path == "":
         # A bare site address: its /ip page echoes the exit (the sandbox's demo site does).
         return url + "/ip"

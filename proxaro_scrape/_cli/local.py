@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from proxaro_scrape._cli._common import CommandError, sigterm_as_interrupt
+from proxaro_scrape._cli._common import sigterm_as_interrupt
 
 __all__ = ["COMMANDS"]
 
@@ -12,7 +12,7 @@ __all__ = ["COMMANDS"]
 @click.command("sandbox")
 @click.option(
     "--port",
-    type=int,
+    type=click.IntRange(0, 65535),
     default=0,
     show_default=True,
     help="API port; 0 picks free ports for every component.",
@@ -29,8 +29,8 @@ def sandbox(port: int, seed: int, plan: str, as_json: bool) -> None:
 
     try:
         sb = Sandbox(seed=seed, plan=plan, api_port=port)
-    except ValueError as exc:  # an unknown plan, say
-        raise CommandError(str(exc)) from None
+    except ValueError as exc:  # an unknown plan, say: a refused value, so a usage error
+        raise click.BadParameter(str(exc), param_hint="'--plan'") from None
     with sigterm_as_interrupt(), sb:
         if as_json:
             click.echo(sb.dumps(), nl=True)
