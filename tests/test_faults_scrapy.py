@@ -88,7 +88,15 @@ async def test_scrapy_region_down_and_back_up(sandbox: Sandbox, record_property:
         spider.phase = "up"
         await sleep(0.6)
 
-    settings = settings_for(sb, PROXARO_TARGET={"country": "de"}, PROXARO_POOL_TTL=0.3)
+    # Short breaker backoffs, as the other stacks' run: the breaker the region's no_exit answers
+    # opened closes by its half-open probe soon after the pool view turns healthy again.
+    settings = settings_for(
+        sb,
+        PROXARO_TARGET={"country": "de"},
+        PROXARO_POOL_TTL=0.3,
+        PROXARO_BREAKER_BASE_BACKOFF=0.2,
+        PROXARO_BREAKER_MAX_BACKOFF=0.4,
+    )
     crawler, spider = await crawl_under(settings, script, [sb.site_url])
     stats = stats_of(crawler)
     report(record_property, "region_down/scrapy", traffic=spider.figures(), stats=stats, **notes)
