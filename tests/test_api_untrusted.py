@@ -596,3 +596,17 @@ def test_unknown_fields_never_print_their_values(
 def test_mask_url_hides_any_userinfo() -> None:
     assert _validate.mask_url(f"see http://u:{PASSWORD}@h:1/x") == "see http://****@h:1/x"
     assert _validate.mask_url("https://h/x") == "https://h/x"
+
+
+def test_unknown_list_level_fields_never_print_their_values() -> None:
+    page = {
+        "object": "list",
+        "data": [],
+        "has_more": False,
+        "export_token": "tok-page-1",
+        "total": 0,
+    }
+    with TinyServer({"/v1/orders": _answer(page)}) as server:
+        got = _call("sync", lambda c: c.orders.list_page(), api_key=KEY, base_url=server.url)
+    assert isinstance(got.extra["export_token"], Secret) and got.extra["total"] == 0
+    assert "tok-page-1" not in repr(got) + str(got.extra)

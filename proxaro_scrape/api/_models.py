@@ -60,16 +60,16 @@ def parse_datetime(value: Any) -> datetime | Any:
 _SECRET_NAME = re.compile(r"secret|passw(or)?d|token|api_?key|private_?key", re.IGNORECASE)
 
 
-def _guard(name: str, value: Any) -> Any:
+def guard_unknown(name: str, value: Any) -> Any:
     """An unknown field's value, with any string under a secret-sounding name (``password``,
     ``signing_secret``, ``api_key``, ``token``...) wrapped as a :class:`Secret`, nested objects
     included: a field added to the API after this version must not print a secret."""
     if isinstance(value, str):
         return Secret(value) if _SECRET_NAME.search(name) else value
     if isinstance(value, Mapping):
-        return {str(k): _guard(str(k), v) for k, v in value.items()}
+        return {str(k): guard_unknown(str(k), v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_guard(name, v) for v in value]
+        return [guard_unknown(name, v) for v in value]
     return value
 
 
@@ -128,7 +128,7 @@ class Model:
             if name in conv:
                 values[name] = conv[name](value)
             else:
-                extra[name] = _guard(name, value)
+                extra[name] = guard_unknown(name, value)
         for name in conv:
             object.__setattr__(self, name, values.get(name))
         object.__setattr__(self, "extra", extra)

@@ -31,6 +31,7 @@ from proxaro_scrape.api._models import (
     Usage,
     Webhook,
     WebhookAttempt,
+    guard_unknown,
 )
 from proxaro_scrape.errors import APIError
 
@@ -85,7 +86,7 @@ def _page(model: type[M]) -> Callable[[Any], Page[M]]:
             items,
             has_more=bool(body.get("has_more")),
             next_cursor=cursor if isinstance(cursor, str) and cursor else None,
-            extra={k: v for k, v in body.items() if k not in _PAGE_KEYS},
+            extra={k: guard_unknown(k, v) for k, v in body.items() if k not in _PAGE_KEYS},
         )
 
     return parse
