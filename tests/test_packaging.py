@@ -94,6 +94,23 @@ def test_runtime_dependencies_are_httpx_and_tenacity_and_extras_cover_the_rest()
     assert "pytest-asyncio" not in names["test"]  # one async test runner: conftest's
 
 
+@pytest.mark.parametrize("missing", ["click", "rich"])
+def test_the_command_without_the_cli_extra_is_one_line_and_exit_1(missing: str) -> None:
+    # As if the extra were not installed: the module cannot be imported.
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        "from proxaro_scrape.cli import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_clean_env()
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [
+        'proxaro-scrape: the command line needs the cli extra: pip install "proxaro-scrape[cli]"'
+    ]
+
+
 def test_the_pytest_plugin_imports_neither_the_sandbox_nor_aiohttp(tmp_path: Path) -> None:
     """pytest starts on a machine with proxaro-scrape installed: the plugin is loaded (its
     fixture is there) and nothing heavy came with it."""
