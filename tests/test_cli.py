@@ -671,6 +671,8 @@ USAGE_ERRORS: list[tuple[str, tuple[str, ...], str]] = [
     ("check_url_scheme", ("check", "--url", "ftp://127.0.0.1/ip"), "--url"),
     ("sandbox_plan", ("sandbox", "--plan", "platinum"), "--plan"),
     ("sandbox_port", ("sandbox", "--port", "65536"), "--port"),
+    ("timeout_nan", ("--timeout", "nan", "plans"), "--timeout"),
+    ("timeout_inf", ("--timeout", "inf", "plans"), "--timeout"),
 ]
 
 
