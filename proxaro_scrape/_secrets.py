@@ -3,6 +3,8 @@
 A :class:`Secret` holds an API key, a gateway password or a webhook secret.  Its ``str`` and
 ``repr`` show only a masked form, so it cannot leak into a log line, an exception message, a
 ``repr`` or a stats value by accident; code that needs the value calls :meth:`Secret.reveal`.
+:func:`write_secret_file` is the one way a secret is written to disk: mode 0600, atomically,
+never through a symbolic link.
 """
 
 from __future__ import annotations
