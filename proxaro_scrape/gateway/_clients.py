@@ -90,6 +90,19 @@ class Clients:
             self._owns_async = False
         self.close_sync()
 
+    def api_key(self) -> Secret | None:
+        """The API key these clients use (given, in the environment, or the client's own),
+        kept a :class:`Secret`; ``None`` when it cannot be known."""
+        key: Any = self._api_key if self._api_key is not None else os.environ.get(ENV_API_KEY)
+        if not key:
+            for client in (self.sync, self.async_):
+                key = getattr(getattr(client, "_config", None), "api_key", None)
+                if key:
+                    break
+        if not key:
+            return None
+        return key if isinstance(key, Secret) else Secret(str(key))
+
     @property
     def open(self) -> bool:
         """Does the manager still hold a client it made?"""

@@ -23,7 +23,6 @@ import logging
 import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +55,6 @@ logger = logging.getLogger("proxaro_scrape.gateway")
 #: How long a (host, exit IP) ban is remembered: a sticky session that lands on a burned exit
 #: is rotated after its answer.
 BAN_MEMORY_SECONDS = 600.0
-_BAN_LEDGER_SIZE = 10_000
 _CACHE_LIMIT = 4096
 #: The per-request path calls it by this name (tests too).
 _host = host_of
@@ -121,7 +119,6 @@ class RoutingCore:
         self._steps: dict[Target, Step] = {}
         self._coerced: dict[Any, Target] = {}
         self._warned: set[str] = set()
-        self._bans: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._asn_in_use: set[str] = set()
         #: Called (outside the per-request lock's critical work) with a country code whose ASNs
         #: the pool view lacks; the manager wakes its driver to fetch them.
@@ -182,7 +179,7 @@ class RoutingCore:
                     self.store.session_pop(key)
                     entry = None
                 if entry is None:
-                    entry = self._open_session(key, self._pick(plan), now, explicit, t)
+                    entry = self._open_session(key, self._pick(plan, key), now, explicit, t)
                 resolved = entry.target
             else:
                 resolved = self._pick(plan)
@@ -281,11 +278,17 @@ class RoutingCore:
             # Called under the lock: the hook only records the wish and wakes the driver.
             hook(code)
 
-    def _pick(self, plan: Plan) -> Target:
+    def _pick(self, plan: Plan, key: Hashable | None = None) -> Target:
         cands = plan.candidates
         if len(cands) == 1:
             return cands[0]
-        x = self.rng.random() * plan.cum_weights[-1]
+        naming = self.store.session_naming
+        if key is not None and naming is not None:
+            # A fleet: the session key, not a local draw, picks, so that every worker resolves
+            # one sticky session to the same target (and so the same exit).
+            x = naming.pick(key) * plan.cum_weights[-1]
+        else:
+            x = self.rng.random() * plan.cum_weights[-1]
         return cands[min(bisect.bisect_right(plan.cum_weights, x), len(cands) - 1)]
 
     def _chain(self, plan: Plan, resolved: Target) -> tuple[Step, ...]:
@@ -338,16 +341,10 @@ class RoutingCore:
         return True
 
     def _note_ban(self, host: str, ip: str, now: float) -> None:
-        bans = self._bans
-        bans[(host, ip)] = now + BAN_MEMORY_SECONDS
-        bans.move_to_end((host, ip))
-        while len(bans) > _BAN_LEDGER_SIZE:
-            bans.popitem(last=False)
+        self.store.ban_put(host, ip, now + BAN_MEMORY_SECONDS)
 
     def _is_banned(self, host: str, ip: str, now: float) -> bool:
-        if not self._bans:
-            return False
-        until = self._bans.get((host, ip))
+        until = self.store.ban_until(host, ip)
         return until is not None and until > now
 
     # ------------------------------------------------------------------ state updates

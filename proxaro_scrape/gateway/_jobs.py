@@ -56,14 +56,24 @@ MAX_SLEEP = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One API call as data: ``client.<resource>.<method>(*args)`` on the sync or async client."""
+    """One API call as data: ``client.<resource>.<method>(*args)`` on the sync or async client.
+
+    ``stale`` (credentials only) is the version a 407 or a rotation event condemned: a fleet
+    client (:mod:`proxaro_scrape.fleet`) answers from another worker's fresher fetch instead of
+    calling the API again.  It is never sent.
+    """
 
     resource: str
     method: str
     args: tuple[Any, ...] = ()
+    stale: int | None = None
 
     def bind(self, client: Any) -> Callable[..., Any]:
-        """The bound method of ``client`` this call names."""
+        """The bound method of ``client`` this call names (a client with a ``bind_call``
+        method, the fleet's, binds it itself)."""
+        binder = getattr(type(client), "bind_call", None)
+        if binder is not None:
+            return binder(client, self)  # type: ignore[no-any-return]
         return getattr(getattr(client, self.resource), self.method)  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
@@ -194,11 +204,13 @@ class Jobs:
         self.core.check(None)
         yield from self.usage(quiet=True)
 
-    def fetch_credentials(self) -> Job[bool]:
+    def fetch_credentials(self, stale: int | None = None) -> Job[bool]:
         """One credentials fetch; True when new credentials came in.  Never raises: a failure
-        is counted and logged, and the last good credentials keep serving."""
+        is counted and logged, and the last good credentials keep serving.  ``stale``: the
+        version a 407 (or a rotation event) condemned, if any (see :class:`Call`)."""
+        call = CREDENTIALS if stale is None else Call("credentials", "get", stale=stale)
         try:
-            return self.credentials_fetched((yield CREDENTIALS))
+            return self.credentials_fetched((yield call))
         except Exception as exc:  # noqa: BLE001 - an unusable answer counts as a failure too
             self.refresh_failed(exc)
             return False

@@ -314,7 +314,7 @@ class RequestRouting:
                 entry.requests += 1
                 ex = out.exit
                 ip = ex.ip if ex is not None else None
-                if ip and core._bans and core._is_banned(self.host, ip, now):
+                if ip and core._is_banned(self.host, ip, now):
                     # The session landed on an exit this host banned recently.
                     self._rotate_session(now)
         return None

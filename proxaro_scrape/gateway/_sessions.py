@@ -9,7 +9,9 @@ once per session, not once per request), when it expires and how many requests i
 A session ends when its lifetime is over (a little before the gateway's ``sesstime``, so that a
 request never rides a session that dies under it), when it has served ``max_requests``, or when
 a ban or an exit failure rotates it (a new id, so a new exit).  The table is a bounded LRU in
-the :class:`~proxaro_scrape.gateway._store.Store`.
+the :class:`~proxaro_scrape.gateway._store.Store`.  A shared store brings its own
+:class:`~proxaro_scrape.gateway._store.SessionNaming`: ids derived from the session key, so
+that every worker of a fleet sends one key through one gateway session.
 """
 
 from __future__ import annotations
@@ -106,11 +108,15 @@ class SessionTable:
     ) -> StickySession:
         """Start a session for ``key`` serving ``target`` (its id is new unless given)."""
         ttl = ttl_minutes or self.ttl_minutes
+        expires_at = now + self.lifetime(ttl)
+        naming = self.store.session_naming
+        if session_id is None and naming is not None:
+            session_id, expires_at = naming.open(key, ttl, now)
         entry = StickySession(
             session_id=session_id or self.new_id(),
             target=target,
             ttl_minutes=ttl if send_ttl else None,
-            expires_at=now + self.lifetime(ttl),
+            expires_at=expires_at,
             max_requests=self.max_requests,
         )
         self.store.session_put(key, entry)
@@ -125,8 +131,13 @@ class SessionTable:
         if entry is None:
             return
         ttl = entry.ttl_minutes or self.ttl_minutes
-        entry.session_id = self.new_id(explicit)
-        entry.expires_at = now + self.lifetime(ttl)
+        naming = self.store.session_naming
+        if naming is not None:
+            # The fleet's sessions live in windows every worker agrees on: keep its end.
+            entry.session_id = naming.rotate(key, explicit, now)
+        else:
+            entry.session_id = self.new_id(explicit)
+            entry.expires_at = now + self.lifetime(ttl)
         entry.requests = 0
         entry.rotations += 1
 

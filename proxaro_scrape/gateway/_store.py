@@ -1,9 +1,11 @@
 """Where the manager's mutable routing state lives, behind a small interface.
 
 The decisions (``_core``, ``_sessions``, ``_breakers``) only talk to a :class:`Store`: sticky
-sessions, circuit breakers, the exits seen and the stats counters.  :class:`MemoryStore` keeps
-them in this process; a shared store for a fleet of workers (Redis, say) can implement the same
-few methods later without touching the decisions.  Keys are plain strings or tuples of strings.
+sessions, circuit breakers, the bans per (site, exit), the exits seen and the stats counters.
+:class:`MemoryStore` keeps them in this process; the fleet's store
+(:mod:`proxaro_scrape.fleet`) subclasses it, so that every decision still reads local memory
+and the changes worth sharing are handed to a background thread.  Keys are plain strings or
+tuples of strings.
 """
 
 from __future__ import annotations
@@ -11,14 +13,33 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["MemoryStore", "Store"]
+__all__ = ["MemoryStore", "SessionNaming", "Store"]
+
+_BAN_LEDGER_SIZE = 10_000
+
+
+class SessionNaming(Protocol):
+    """How a shared store names sticky sessions, so that every worker of a fleet gives one
+    session key the same gateway session id (and so the same exit) without asking anyone."""
+
+    def open(self, key: Hashable, ttl_minutes: int, now: float) -> tuple[str, float]:
+        """``(session_id, expires_at)`` for a new session of ``key`` (``now``: the core's clock)."""
+
+    def rotate(self, key: Hashable, explicit: str | None, now: float) -> str:
+        """The next session id of ``key`` after a ban or an exit failure."""
+
+    def pick(self, key: Hashable) -> float:
+        """A number in ``[0, 1)`` fixed by ``key``: a selector picks the same target everywhere."""
 
 
 class Store(ABC):
     """The state the routing decisions read and write.  Not thread-safe by itself: the core
     calls it under its own (trivial) lock."""
+
+    #: Set by a shared store: session ids that agree across workers (else per-process ids).
+    session_naming: SessionNaming | None = None
 
     # Sticky sessions: a bounded LRU.
     @abstractmethod
@@ -59,6 +80,15 @@ class Store(ABC):
     def exit_seen(self, ip: str) -> bool:
         """Record an exit IP; True the first time it is seen (within the bound)."""
 
+    # Bans per (host, exit IP): a sticky session landing on a burned exit is rotated.
+    @abstractmethod
+    def ban_put(self, host: str, ip: str, until: float) -> None:
+        """Remember that ``host`` banned exit ``ip`` until ``until`` (the core's clock)."""
+
+    @abstractmethod
+    def ban_until(self, host: str, ip: str) -> float | None:
+        """Until when ``host`` bans ``ip`` (``None``: no ban remembered)."""
+
     # Counters.
     @abstractmethod
     def incr(self, key: str, n: int = 1) -> None:
@@ -91,6 +121,7 @@ class MemoryStore(Store):
         self._breakers: dict[str, Any] = {}
         self._exits: OrderedDict[str, None] = OrderedDict()
         self._counters: Counter[str] = Counter()
+        self._bans: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.evictions = 0
 
     def session_get(self, key: Hashable) -> Any | None:
@@ -134,6 +165,17 @@ class MemoryStore(Store):
         if len(exits) > self.exits_lru_size:
             exits.popitem(last=False)
         return True
+
+    def ban_put(self, host: str, ip: str, until: float) -> None:
+        bans = self._bans
+        bans[(host, ip)] = until
+        bans.move_to_end((host, ip))
+        while len(bans) > _BAN_LEDGER_SIZE:
+            bans.popitem(last=False)
+
+    def ban_until(self, host: str, ip: str) -> float | None:
+        # The common case (no ban at all) costs one truth test.
+        return self._bans.get((host, ip)) if self._bans else None
 
     def incr(self, key: str, n: int = 1) -> None:
         self._counters[key] += n

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 import time
@@ -54,6 +55,12 @@ from proxaro_scrape.gateway._clients import Clients
 from proxaro_scrape.gateway._core import RequestRouting, RoutingCore
 from proxaro_scrape.gateway._credentials import GatewayCredentials
 from proxaro_scrape.gateway._drivers import TaskDriver, ThreadDriver, adrive, drive
+from proxaro_scrape.gateway._fleet_link import (
+    ENV_REDIS_URL,
+    fleet_client,
+    make_fleet,
+    usage_or_other_event,
+)
 from proxaro_scrape.gateway._jobs import Jobs, call_cap
 from proxaro_scrape.gateway._pool import PoolView
 from proxaro_scrape.gateway._store import Store
@@ -96,6 +103,10 @@ class GatewayManager:
       ``credentials_poll_interval``, ``pool_ttl`` and ``usage_poll_interval`` (seconds;
       ``None`` turns a poll off), ``usage_cap_action`` (``"warn"`` or ``"stop"``),
       ``breaker_base_backoff`` / ``breaker_max_backoff`` (seconds).
+    - ``redis_url`` (else ``PROXARO_REDIS_URL``): make this manager one worker of a fleet that
+      shares its state through Redis (:mod:`proxaro_scrape.fleet`, the ``redis`` extra);
+      ``redis_prefix`` starts every key (``"proxaro"``), and ``fleet_api_rate`` is the API
+      budget per minute the fleet's workers share (the plan's; 60 is Starter's).
     - ``store`` (a shared :class:`~proxaro_scrape.gateway._store.Store`), ``clock`` (monotonic
       seconds) and ``rng`` for tests.
 
@@ -114,6 +125,9 @@ class GatewayManager:
         store: Store | None = None,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        redis_url: str | None = None,
+        redis_prefix: str = "proxaro",
+        fleet_api_rate: float = 60.0,
         **options: Unpack[GatewayOptions],
     ) -> None:
         if config is not None and not isinstance(config, GatewayConfig):
@@ -129,6 +143,18 @@ class GatewayManager:
         #: The options this manager runs with (frozen, validated).
         self.config = config
         self._clock = clock or time.monotonic
+        self._fleet: Any = None
+        url = redis_url if redis_url is not None else os.environ.get(ENV_REDIS_URL) or None
+        if url is not None:
+            if store is not None:
+                raise ConfigurationError(
+                    "give redis_url or store, not both (a fleet brings its own store)",
+                    param="redis_url",
+                )
+            self._fleet = make_fleet(
+                url, redis_prefix, fleet_api_rate, config, self._clients.api_key(), self._clock
+            )
+            store = self._fleet.store
         self.core = RoutingCore(config, store=store, clock=self._clock, rng=rng)
         self._jobs = Jobs(
             self.core,
@@ -145,7 +171,11 @@ class GatewayManager:
         self._refresh_lock = threading.Lock()
         self._sync_inflight: threading.Event | None = None
         self._async_inflight: dict[asyncio.AbstractEventLoop, asyncio.Future[bool]] = {}
+        #: The credentials version a rotation event condemned (for the next refresh).
+        self._condemned: int | None = None
         self._closed = False
+        if self._fleet is not None:
+            self._fleet.on_event = self._fleet_event
 
     def __repr__(self) -> str:
         creds = self.core.creds.current
@@ -195,9 +225,9 @@ class GatewayManager:
                 if here is not None and here is home:
                     pass  # never block the loop: the core asks the task to fetch it
                 elif self._clients.sync_or_none() is not None:
-                    drive(self._jobs.fetch_asns(code), self._clients.sync)
+                    drive(self._jobs.fetch_asns(code), self._sync_api())
                 elif home is not None and home.is_running():
-                    job = adrive(self._jobs.fetch_asns(code), self._clients.async_)
+                    job = adrive(self._jobs.fetch_asns(code), self._async_api())
                     asyncio.run_coroutine_threadsafe(job, home).result(REFRESH_WAIT)
             except (ProxaroError, TimeoutError) as exc:
                 self._asns_unavailable(code, exc)
@@ -219,9 +249,9 @@ class GatewayManager:
                     and driver.loop is asyncio.get_running_loop()
                     and self._clients.async_ is not None
                 ):
-                    await adrive(self._jobs.fetch_asns(code), self._clients.async_)
+                    await adrive(self._jobs.fetch_asns(code), self._async_api())
                 elif self._clients.sync_or_none() is not None:
-                    await asyncio.to_thread(drive, self._jobs.fetch_asns(code), self._clients.sync)
+                    await asyncio.to_thread(drive, self._jobs.fetch_asns(code), self._sync_api())
             except ProxaroError as exc:
                 self._asns_unavailable(code, exc)
         return self.core.check(t)
@@ -251,6 +281,14 @@ class GatewayManager:
         ``usage_cap_reached``.  Never a secret.
         """
         return self.core.stats()
+
+    @property
+    def fleet(self) -> Any:
+        """The :class:`~proxaro_scrape.fleet.Fleet` this manager is a worker of, or ``None``.
+
+        ``mgr.fleet.stats()`` reads the fleet's counters from Redis (blocking: for reports).
+        """
+        return self._fleet
 
     @property
     def credentials(self) -> GatewayCredentials | None:
@@ -305,22 +343,27 @@ class GatewayManager:
             etype, data = event.get("type"), event.get("data") or {}
         else:
             etype, data = getattr(event, "type", None), getattr(event, "data", None) or {}
+        self._on_event(etype, data, remote=False)
+        if self._fleet is not None and isinstance(etype, str):
+            # Every worker of the fleet hears of it, whichever one the webhook reached.
+            self._fleet.broadcast_event(etype, data if isinstance(data, Mapping) else {})
+
+    def _fleet_event(self, etype: str, data: Any) -> None:
+        """A webhook event another worker of the fleet received (the fleet's thread)."""
+        self._on_event(etype, data or {}, remote=True)
+
+    def _on_event(self, etype: Any, data: Any, *, remote: bool) -> None:
         if etype == "credentials.rotated":
             self.core.store.incr("rotation_events")
+            if remote:
+                # The worker that received it fetches once and announces the new ones.
+                logger.info("credentials.rotated event (from the fleet): new credentials follow")
+                return
             logger.info("credentials.rotated event: refreshing the gateway credentials now")
+            self._condemned = self.core.creds.version or None
             self._poke_credentials()
-        elif isinstance(etype, str) and etype.startswith("usage.threshold."):
-            suffix = etype.rsplit(".", 1)[-1]
-            pct = int(suffix) if suffix.isdigit() else 0
-            if isinstance(data, Mapping):
-                total, cap = data.get("total_bytes"), data.get("cap_bytes")
-                if isinstance(total, int) and isinstance(cap, int):
-                    self.core.usage.total_bytes, self.core.usage.cap_bytes = total, cap
-            self._jobs.usage_actions(self.core.usage.threshold(pct))
-        elif etype == "allowlist.updated":
-            logger.info("allowlist.updated event: the gateway's allowlist changed")
         else:
-            logger.debug("event %r ignored by the gateway manager", etype)
+            usage_or_other_event(self.core, self._jobs, etype, data)
 
     def _poke_credentials(self) -> None:
         """Refresh the credentials at once, in the background, from any thread."""
@@ -330,11 +373,23 @@ class GatewayManager:
             # No driver runs (started elsewhere?): refresh in a short-lived thread.
             threading.Thread(
                 target=self._refresh_sync,
-                args=(None,),
+                args=(self._take_condemned(),),
                 kwargs={"background": True},
                 name="proxaro-credentials-refresh",
                 daemon=True,
             ).start()
+
+    def _take_condemned(self) -> int | None:
+        condemned, self._condemned = self._condemned, None
+        return condemned
+
+    def _sync_api(self) -> Any:
+        """The sync client the jobs call the API with (behind the fleet when there is one)."""
+        return fleet_client(self._fleet, False, self._clients.get_sync())
+
+    def _async_api(self) -> Any:
+        """The async twin of :meth:`_sync_api`."""
+        return fleet_client(self._fleet, True, self._clients.get_async())
 
     def _wake_driver(self) -> None:
         """Wake whichever driver runs so that it re-reads the schedule (from any thread)."""
@@ -400,7 +455,7 @@ class GatewayManager:
             return self._newer(seen_version if seen_version is not None else -1)
         try:
             # Installed before the waiters are woken: they resend at once, with what is current.
-            return drive(self._jobs.fetch_credentials(), self._clients.get_sync())
+            return drive(self._jobs.fetch_credentials(seen_version), self._sync_api())
         except Exception as exc:  # noqa: BLE001 - no client, say: a failed refresh all the same
             self._jobs.refresh_failed(exc)
             return False
@@ -415,7 +470,7 @@ class GatewayManager:
         home = driver.loop if driver is not None else None
         try:
             if self._clients.async_ is not None and loop is home:
-                return await adrive(self._jobs.fetch_credentials(), self._clients.async_)
+                return await adrive(self._jobs.fetch_credentials(seen_version), self._async_api())
             if self._clients.sync_or_none() is not None:
                 # No async client on this loop (a sync-started manager under Scrapy, say):
                 # the sync single-flight refresh, in a worker thread.
@@ -444,10 +499,13 @@ class GatewayManager:
         if self.driver is not None:
             return self
         self._closed = False
-        client = self._clients.get_sync()
+        client = self._sync_api()
+        if self._fleet is not None:
+            self._fleet.start(self.core, self._jobs)
         try:
             drive(self._jobs.start(), client)
         except BaseException:
+            self._close_fleet()
             self._clients.close_sync()
             raise
         self._jobs.new_schedule()
@@ -457,10 +515,10 @@ class GatewayManager:
 
     def _thread_job(self, name: str) -> None:
         if name == "credentials":
-            self._refresh_sync(None, background=True)
+            self._refresh_sync(self._take_condemned(), background=True)
             self._jobs.credentials_ran()
         else:
-            drive(self._jobs.run(name), self._clients.get_sync())
+            drive(self._jobs.run(name), self._sync_api())
 
     def close(self) -> None:
         """Stop the background thread (or task) and close the clients the manager created."""
@@ -471,7 +529,12 @@ class GatewayManager:
         task, self._task_driver = self._task_driver, None
         if task is not None:
             task.cancel()
+        self._close_fleet()
         self._clients.close_sync()
+
+    def _close_fleet(self) -> None:
+        if self._fleet is not None:
+            self._fleet.close()
 
     def __enter__(self) -> GatewayManager:
         return self.start()
@@ -486,10 +549,13 @@ class GatewayManager:
         if self.driver is not None:
             return self
         self._closed = False
-        client = self._clients.get_async()
+        client = self._async_api()
+        if self._fleet is not None:
+            await asyncio.to_thread(self._fleet.start, self.core, self._jobs)
         try:
             await adrive(self._jobs.start(), client)
         except BaseException:
+            await asyncio.to_thread(self._close_fleet)
             await self._clients.aclose()
             raise
         self._jobs.new_schedule()
@@ -501,12 +567,12 @@ class GatewayManager:
             loop = asyncio.get_running_loop()
             fut = self._async_inflight.get(loop)
             if fut is None or fut.done():
-                fut = loop.create_task(self._arefresh_once(None))
+                fut = loop.create_task(self._arefresh_once(self._take_condemned()))
                 self._async_inflight[loop] = fut
             await asyncio.shield(fut)
             self._jobs.credentials_ran()
         else:
-            await adrive(self._jobs.run(name), self._clients.get_async())
+            await adrive(self._jobs.run(name), self._async_api())
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`: cancel the task, close the clients the manager made."""
@@ -519,6 +585,8 @@ class GatewayManager:
                 task.cancel()
         if self._thread_driver is not None:
             await asyncio.to_thread(self.close)
+        elif self._fleet is not None:
+            await asyncio.to_thread(self._close_fleet)
         await self._clients.aclose()
 
     async def __aenter__(self) -> GatewayManager:
