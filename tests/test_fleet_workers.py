@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the redis_server fixture is imported, then named as an argument
 """A fleet of httpx worker PROCESSES on one sandbox and one real Redis (slow tier).
 
 Each worker is ``python -m tests._fleet_worker`` (a GatewayManager with ``redis_url``, httpx
@@ -86,7 +87,7 @@ def start_calls(delta: Counter[str]) -> int:
 
 def test_four_workers_start_once_survive_a_rotation_and_crawl_every_product_once(
     sandbox: Sandbox,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     # One worker alone, without Redis: the baseline start-up cost.
     before = api_calls(sandbox)
@@ -128,7 +129,7 @@ def test_four_workers_start_once_survive_a_rotation_and_crawl_every_product_once
 
 def test_one_session_key_leaves_through_one_exit_and_a_dead_region_reaches_every_worker(
     sandbox: Sandbox,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     a = Worker(sandbox, redis_server.url, "--mode", "ip", "--session", "cart42", "--hold")
     b = Worker(sandbox, redis_server.url, "--mode", "ip", "--session", "cart42", "--hold")
@@ -153,7 +154,7 @@ def test_one_session_key_leaves_through_one_exit_and_a_dead_region_reaches_every
 
 def test_redis_restarted_mid_crawl_fails_nothing_and_the_fleet_resyncs(
     sandbox: Sandbox,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     import redis
 
