@@ -821,16 +821,31 @@ def test_secret_files_are_0600_atomic_and_never_through_a_link(
 
 
 @pytest.mark.parametrize(
-    "args",
-    [("proxy-url", "--country", "de"), ("proxy-url",), ("check", "--url", "{site}")],
-    ids=["proxy_url_country", "proxy_url_any", "check"],
+    ("args", "calls"),
+    [
+        (("proxy-url", "--country", "de"), 3),
+        (("proxy-url",), 3),
+        (("check", "--url", "{site}"), 3),
+        (("proxy-url", "--country", "us", "--asn", "{asn}"), 4),
+        (("check", "--url", "{site}", "--country", "us", "--asn", "{asn}"), 4),
+    ],
+    ids=["proxy_url_country", "proxy_url_any", "check", "proxy_url_asn", "check_asn"],
 )
 def test_gateway_commands_cost_at_most_three_api_calls(
-    sandbox: Sandbox, args: tuple[str, ...]
+    sandbox: Sandbox, args: tuple[str, ...], calls: int
 ) -> None:
     """Credentials, countries, usage: a one-shot command spends no more of the key's budget
-    (it spent twelve while the manager prefetched every country's ASNs)."""
+    (it spent twelve while the manager prefetched every country's ASNs); a target naming an
+    ASN costs the one listing that checks it."""
+    asn = cli_json(sandbox, "asns", "us")[0]["asn"]
     before = _api_requests(sandbox)
-    result = cli(sandbox, *(a.replace("{site}", sandbox.site_url) for a in args), "--json")
+    filled = (a.replace("{site}", sandbox.site_url).replace("{asn}", asn) for a in args)
+    result = cli(sandbox, *filled, "--json")
     assert result.exit_code == 0, result.stderr
-    assert _api_requests(sandbox) - before <= 3
+    assert _api_requests(sandbox) - before <= calls
+
+
+def test_an_asn_the_plan_lacks_is_refused_before_any_url_is_printed() -> None:
+    with Sandbox(seed=0, plan="starter") as sb:
+        line = one_error_line(cli(sb, "proxy-url", "--country", "us", "--asn", "7922"), code=2)
+    assert "asn" in line.lower() and "growth" in line.lower()

@@ -115,10 +115,11 @@ def target_dict(target: Target) -> dict[str, Any]:
 def started_manager(client: Proxaro) -> Iterator[GatewayManager]:
     """A manager for one command: credentials and pool view fetched, and no background driver.
 
-    ``start()`` costs three API calls (credentials, countries, usage; ASN listings are fetched
-    only for a target that names an ASN).  The background driver that would keep them fresh
-    has nothing to do in a one-shot command, so it is stopped at once; the routing state stays,
-    and a 407 still refreshes the credentials through ``client``.
+    ``start()`` costs three API calls (credentials, countries, usage); a target that names an
+    ASN costs one more, the country's ASN listing, which ``check_target`` fetches.  The
+    background driver that would keep them fresh has nothing to do in a one-shot command, so it
+    is stopped at once; the routing state stays, and a 407 still refreshes the credentials
+    through ``client``.
     """
     mgr = GatewayManager(
         client=client,
@@ -154,7 +155,9 @@ def proxy_url(
     target = build_target(country, city, asn, exit_class, session, session_ttl)
     with cfg.session() as client, started_manager(client) as mgr:
         # The manager checks the target against the pool view (a country it does not have,
-        # an exit class that country lacks) and encodes the username.
+        # an exit class that country lacks, an ASN the plan or the country lacks: one more
+        # call then, for the country's ASN listing) and encodes the username.
+        target = mgr.check_target(target)
         route = mgr.request("http://proxy-url.invalid/", target).next_route()
         url = route.proxy_url if reveal else route.proxy_url_masked
         data = {
@@ -292,7 +295,7 @@ def check(
     started = time.perf_counter()
     try:
         with cfg.session() as client, started_manager(client) as mgr:
-            rr = mgr.request(url, target)
+            rr = mgr.request(url, mgr.check_target(target))
             while True:
                 route = rr.next_route()  # AttemptsExhaustedError when the budget is spent
                 passwords.add(route.password.reveal())
