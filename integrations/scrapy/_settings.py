@@ -151,7 +151,13 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, Any], Any], bool]] = {
 }
 #: GatewayConfig field (and manager argument) → the setting that gives it.
 SETTING_OF: dict[str, str] = {field: setting for setting, (field, _, _) in _OPTIONS.items()}
-SETTING_OF.update(sticky="PROXARO_STICKY", api_key="PROXARO_API_KEY", base_url="PROXARO_BASE_URL")
+SETTING_OF.update(
+    sticky="PROXARO_STICKY",
+    api_key="PROXARO_API_KEY",
+    base_url="PROXARO_BASE_URL",
+    redis_url="PROXARO_REDIS_URL",
+    redis_prefix="PROXARO_REDIS_PREFIX",
+)
 
 
 def setting_error(exc: ConfigurationError) -> ConfigurationError:
@@ -182,6 +188,8 @@ class ProxaroSettings:
     sticky: str
     #: ``PROXARO_STATS_INTERVAL``: seconds between copies of the counters into the stats.
     stats_interval: float | None
+    #: ``PROXARO_REDIS_URL``: the fleet's Redis (``None``: the manager reads the environment).
+    redis_url: str | None = None
 
 
 def read_settings(settings: BaseSettings) -> ProxaroSettings:
@@ -208,7 +216,13 @@ def read_settings(settings: BaseSettings) -> ProxaroSettings:
         config = GatewayConfig(**options)
     except ConfigurationError as exc:
         raise setting_error(exc) from None
-    return ProxaroSettings(config, sticky, _stats_interval(settings))
+    redis_url = settings.get("PROXARO_REDIS_URL") or None
+    if redis_url is not None and not isinstance(redis_url, str):
+        raise ConfigurationError(
+            f"PROXARO_REDIS_URL must be a redis:// URL string, got {type(redis_url).__name__}",
+            param="PROXARO_REDIS_URL",
+        )
+    return ProxaroSettings(config, sticky, _stats_interval(settings), redis_url)
 
 
 def spider_target(value: Any) -> Target | None:
