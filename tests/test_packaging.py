@@ -111,6 +111,21 @@ def test_the_command_without_the_cli_extra_is_one_line_and_exit_1(missing: str) 
     ]
 
 
+def test_ci_runs_the_oldest_and_the_newest_python_the_project_claims() -> None:
+    claimed = sorted(
+        (
+            c.rsplit(" ", 1)[1]
+            for c in PYPROJECT["project"]["classifiers"]
+            if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+        ),
+        key=lambda v: tuple(map(int, v.split("."))),
+    )
+    assert PYPROJECT["project"]["requires-python"] == f">={claimed[0]}"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    extra = re.search(r"^EXTRA_PYTHONS=\((.*)\)$", ci, re.MULTILINE)
+    assert extra is not None and extra.group(1).split() == [claimed[0], claimed[-1]]
+
+
 def test_the_pytest_plugin_imports_neither_the_sandbox_nor_aiohttp(tmp_path: Path) -> None:
     """pytest starts on a machine with proxaro-scrape installed: the plugin is loaded (its
     fixture is there) and nothing heavy came with it."""
