@@ -284,10 +284,7 @@ class GatewayManager:
 
     @property
     def fleet(self) -> Any:
-        """The :class:`~proxaro_scrape.fleet.Fleet` this manager is a worker of, or ``None``.
-
-        ``mgr.fleet.stats()`` reads the fleet's counters from Redis (blocking: for reports).
-        """
+        """The :class:`~proxaro_scrape.fleet.Fleet` this manager is a worker of, or ``None``."""
         return self._fleet
 
     @property
