@@ -55,6 +55,7 @@ from proxaro_scrape.gateway._clients import Clients
 from proxaro_scrape.gateway._core import RequestRouting, RoutingCore
 from proxaro_scrape.gateway._credentials import GatewayCredentials
 from proxaro_scrape.gateway._drivers import TaskDriver, ThreadDriver, adrive, drive
+from proxaro_scrape.gateway._events import admit_event
 from proxaro_scrape.gateway._fleet_link import (
     ENV_REDIS_URL,
     fleet_client,
@@ -331,15 +332,14 @@ class GatewayManager:
     def handle_event(self, event: Any) -> None:
         """React to a webhook event (non-blocking; safe from any thread or loop).
 
-        Accepts an object with ``.type`` and ``.data`` (``proxaro_scrape.webhooks``'
-        ``WebhookEvent``) or a dict with ``"type"`` / ``"data"``.  ``credentials.rotated``
-        refreshes the credentials at once in the background; ``usage.threshold.80`` / ``.100``
-        feed the usage guard; ``allowlist.updated`` is logged; other types are ignored.
+        Accepts a ``WebhookEvent`` or a dict with ``"type"``, ``"data"`` (and ``"created_at"``);
+        one about a state that is gone (a past period, a replay) changes nothing (``_events``).
+        ``credentials.rotated`` refreshes the credentials at once in the background; usage
+        thresholds feed the usage guard; ``allowlist.updated`` is logged; others are ignored.
         """
-        if isinstance(event, Mapping):
-            etype, data = event.get("type"), event.get("data") or {}
-        else:
-            etype, data = getattr(event, "type", None), getattr(event, "data", None) or {}
+        if (known := admit_event(self, event)) is None:
+            return
+        etype, data = known
         self._on_event(etype, data, remote=False)
         if self._fleet is not None and isinstance(etype, str):
             # Every worker of the fleet hears of it, whichever one the webhook reached.

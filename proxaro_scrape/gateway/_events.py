@@ -1,0 +1,311 @@
+"""Which webhook events the manager acts on: an event is applied only if it is about now.
+
+Delivery is at least once, retried for up to 24 hours, and a signature proves who wrote a body,
+not when it was sent: a correctly signed event may be a late retry or a replay of an old one.
+So before :meth:`~proxaro_scrape.GatewayManager.handle_event` lets an event change anything,
+:func:`event_applies` (a plain function over plain data, no clock read, no I/O) asks whether the
+event is about the state the manager is in:
+
+- any event older than :data:`MAX_EVENT_AGE` (Proxaro's 24 hours of retries, plus
+  :data:`CLOCK_SKEW`) is not applied: no honest delivery is that late;
+- ``usage.threshold.*`` applies only to the current billing period (a calendar month,
+  ``YYYY-MM``, as ``GET /v1/usage?period=`` names them): one about a past period, or a future
+  one, never stops routing; nor does one created before the manager's last usage reading
+  (the reading is newer news), or one about a smaller cap than the one the manager knows
+  (the plan grew since);
+- ``credentials.rotated`` applies only if it is newer than the newest rotation already acted on,
+  and not while the refresh a previous event asked for is still pending: a burst of replays
+  costs at most one refresh.  A refresh can never roll credentials back anyway (it fetches the
+  current ones from ``GET /v1/credentials``); this keeps replays from costing API calls and
+  from condemning the credentials in use.
+
+:class:`EventGate` is the stateful shell (a few fields, constant memory: deduplication by id
+stays the receiver's bounded LRU) and :func:`admit_event` is what ``handle_event`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+__all__ = [
+    "CLOCK_SKEW",
+    "MAX_EVENT_AGE",
+    "REFRESH_PENDING_SECONDS",
+    "EventFacts",
+    "EventGate",
+    "EventState",
+    "Verdict",
+    "admit_event",
+    "event_applies",
+    "facts_of",
+    "period_of",
+]
+
+logger = logging.getLogger("proxaro_scrape.gateway")
+
+#: How far the provider's clock and ours may disagree.
+CLOCK_SKEW = timedelta(minutes=5)
+#: Proxaro retries a delivery for up to 24 hours: an event older than this is a replay.
+MAX_EVENT_AGE = timedelta(hours=24) + CLOCK_SKEW
+#: A refresh asked for by a ``credentials.rotated`` event is pending until the credentials
+#: change or this many seconds pass (a refresh that brings nothing new must not mute the next
+#: rotation for long; the gateway's grace is 60 s and the poll runs well inside it).
+REFRESH_PENDING_SECONDS = 5.0
+
+_PERIOD = re.compile(r"(\d{4})-(\d{2})")
+_USAGE_PREFIX = "usage.threshold."
+
+
+@dataclass(frozen=True)
+class EventFacts:
+    """What an event claims, as far as routing cares.
+
+    ``period`` is the billing period (``YYYY-MM``) a usage event is about: its ``data.period``,
+    else the month of ``data.period_start``, else the month it was created in; ``""`` when the
+    sender gave one that is not a period.  ``rotated_at`` is ``data.rotated_at`` of
+    ``credentials.rotated`` (else ``created_at``).
+    """
+
+    type: str | None
+    created_at: datetime | None = None
+    period: str | None = None
+    cap_bytes: int | None = None
+    rotated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventState:
+    """What the manager knows now, against which an event is judged.
+
+    ``now`` is wall-clock UTC; ``period`` the current billing period (``YYYY-MM``);
+    ``usage_read_at`` when the manager last read ``GET /v1/usage`` (``None``: not known);
+    ``cap_bytes`` the plan's cap as last known; ``rotated_at`` the newest rotation acted on;
+    ``refresh_pending`` whether a refresh an event asked for has not finished yet.
+    """
+
+    now: datetime
+    period: str
+    usage_read_at: datetime | None = None
+    cap_bytes: int | None = None
+    rotated_at: datetime | None = None
+    refresh_pending: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Apply the event or not, and why (``reason`` is a short name, for logs and tests)."""
+
+    applies: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.applies
+
+
+def event_applies(event: EventFacts, state: EventState) -> Verdict:
+    """Should the manager act on ``event``, given ``state``?  Pure: see the module docstring.
+
+    Reasons: ``"current"`` (applies), ``"too_old"``, ``"bad_period"``, ``"past_period"``,
+    ``"future_period"``, ``"older_than_usage_read"``, ``"smaller_cap"``, ``"not_newer"``,
+    ``"refresh_pending"``.  What the event does not say (no ``created_at``, no period) is not
+    held against it: a hand-made ``{"type": ..., "data": {}}`` still applies.
+    """
+    created = event.created_at
+    if created is not None and state.now - created > MAX_EVENT_AGE:
+        return Verdict(False, "too_old")
+    if event.type is not None and event.type.startswith(_USAGE_PREFIX):
+        if event.period == "":
+            return Verdict(False, "bad_period")
+        if event.period is not None and event.period < state.period:
+            return Verdict(False, "past_period")
+        if event.period is not None and event.period > state.period:
+            return Verdict(False, "future_period")
+        if created is not None and state.usage_read_at is not None:
+            if created < state.usage_read_at:
+                return Verdict(False, "older_than_usage_read")
+        if event.cap_bytes is not None and state.cap_bytes is not None:
+            if event.cap_bytes < state.cap_bytes:
+                return Verdict(False, "smaller_cap")
+    elif event.type == "credentials.rotated":
+        rotated = event.rotated_at or created
+        if rotated is not None and state.rotated_at is not None and rotated <= state.rotated_at:
+            return Verdict(False, "not_newer")
+        if state.refresh_pending:
+            return Verdict(False, "refresh_pending")
+    return Verdict(True, "current")
+
+
+def period_of(moment: datetime) -> str:
+    """The billing period (``YYYY-MM``, UTC) ``moment`` falls in."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m")
+
+
+def facts_of(event: Any) -> tuple[EventFacts, Any, Any]:
+    """``(facts, type, data)`` of a ``WebhookEvent`` or of a dict with ``type`` / ``data``
+    (and optionally ``created_at``)."""
+    if isinstance(event, Mapping):
+        etype, data, created = event.get("type"), event.get("data") or {}, event.get("created_at")
+    else:
+        etype = getattr(event, "type", None)
+        data = getattr(event, "data", None) or {}
+        created = getattr(event, "created_at", None)
+    created_at = _moment(created)
+    fields: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
+    period: str | None = None
+    cap: int | None = None
+    rotated: datetime | None = None
+    if isinstance(etype, str) and etype.startswith(_USAGE_PREFIX):
+        period = _period(fields, created_at)
+        raw_cap = fields.get("cap_bytes")
+        cap = raw_cap if isinstance(raw_cap, int) and not isinstance(raw_cap, bool) else None
+    elif etype == "credentials.rotated":
+        rotated = _moment(fields.get("rotated_at"))
+    facts = EventFacts(etype if isinstance(etype, str) else None, created_at, period, cap, rotated)
+    return facts, etype, data
+
+
+def _period(data: Mapping[str, Any], created_at: datetime | None) -> str | None:
+    given = data.get("period")
+    if given is not None:
+        match = _PERIOD.fullmatch(given) if isinstance(given, str) else None
+        return given if match and 1 <= int(match[2]) <= 12 else ""
+    start = _moment(data.get("period_start"))
+    if start is not None:
+        return period_of(start)
+    return period_of(created_at) if created_at is not None else None
+
+
+def _moment(value: object) -> datetime | None:
+    """An aware UTC datetime from a datetime or an ISO-8601 string; ``None`` otherwise."""
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    moment = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # "0001-01-01T00:00:00+01:00" is before datetime.min in UTC
+        return None
+
+
+class EventGate:
+    """The memory :func:`event_applies` needs between events: a few fields, thread-safe.
+
+    ``wall`` (UNIX seconds) and ``clock`` (monotonic seconds) are for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._rotated_at: datetime | None = None
+        self._pending_until = float("-inf")
+        self._pending_version = -1
+        self._usage_read_at: datetime | None = None
+        self._polls_seen: int | None = None
+        self._looked_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return f"<EventGate rotated_at={self._rotated_at} usage_read_at={self._usage_read_at}>"
+
+    def usage_read(self, at: datetime | None = None) -> None:
+        """The manager just read ``GET /v1/usage`` (at ``at``, default now)."""
+        moment = at if at is not None else datetime.fromtimestamp(self._wall(), timezone.utc)
+        with self._lock:
+            if self._usage_read_at is None or moment > self._usage_read_at:
+                self._usage_read_at = moment
+
+    def admit(
+        self,
+        facts: EventFacts,
+        *,
+        credentials_version: int,
+        cap_bytes: int | None,
+        usage_polls: int | None = None,
+    ) -> Verdict:
+        """Judge one event against the manager's state, and remember what acting on it means.
+
+        ``usage_polls`` is the manager's count of usage readings: when it moved since the
+        previous event, a reading happened after that event was judged, which bounds the time
+        of the last reading from below (sound for refusing older events, never too eager).
+        """
+        now = datetime.fromtimestamp(self._wall(), timezone.utc)
+        with self._lock:
+            if usage_polls is not None:
+                if self._polls_seen is not None and usage_polls != self._polls_seen:
+                    if self._looked_at is not None and (
+                        self._usage_read_at is None or self._looked_at > self._usage_read_at
+                    ):
+                        self._usage_read_at = self._looked_at
+                self._polls_seen, self._looked_at = usage_polls, now
+            pending = (
+                credentials_version == self._pending_version and self._clock() < self._pending_until
+            )
+            state = EventState(
+                now, period_of(now), self._usage_read_at, cap_bytes, self._rotated_at, pending
+            )
+            verdict = event_applies(facts, state)
+            if facts.type == "credentials.rotated" and verdict.reason != "too_old":
+                rotated = facts.rotated_at or facts.created_at
+                if rotated is not None and (self._rotated_at is None or rotated > self._rotated_at):
+                    # Refused as pending or not: the refresh under way fetches these anyway.
+                    self._rotated_at = rotated
+                if verdict:
+                    self._pending_version = credentials_version
+                    self._pending_until = self._clock() + REFRESH_PENDING_SECONDS
+        return verdict
+
+
+_GATES: weakref.WeakKeyDictionary[Any, EventGate] = weakref.WeakKeyDictionary()
+_GATES_LOCK = threading.Lock()
+
+
+def gate_for(manager: Any) -> EventGate:
+    """The :class:`EventGate` of ``manager`` (made at its first event; gone with it)."""
+    with _GATES_LOCK:
+        gate = _GATES.get(manager)
+        if gate is None:
+            gate = _GATES[manager] = EventGate()
+        return gate
+
+
+def admit_event(manager: Any, event: Any) -> tuple[Any, Any] | None:
+    """``(type, data)`` of ``event`` if ``manager`` should act on it, else ``None`` (logged).
+
+    What :meth:`~proxaro_scrape.GatewayManager.handle_event` calls first.
+    """
+    facts, etype, data = facts_of(event)
+    verdict = gate_for(manager).admit(
+        facts,
+        credentials_version=manager.core.creds.version,
+        cap_bytes=manager.core.usage.cap_bytes,
+        usage_polls=manager.stats().get("usage_polls"),
+    )
+    if not verdict:
+        # A late retry is ordinary (at-least-once delivery); a replay is not, but the answer is
+        # the same: nothing changes.  INFO, so that neither floods a log at WARNING.
+        logger.info(
+            "webhook event %s (%s) not applied: %s",
+            getattr(event, "id", None) or "-",
+            etype,
+            verdict.reason.replace("_", " "),
+        )
+        return None
+    return etype, data
