@@ -167,15 +167,14 @@ class FleetStore(MemoryStore):
                 if had is not None and had.state != CLOSED:
                     MemoryStore.breaker_pop(self, key)
                 return True
-            st = self._breakers.get(key)
-            if st is None:
-                st = BreakerState()
+            st = self._breakers.get(key) or BreakerState()
             if st.state == HALF_OPEN:
                 return True  # our own probe is out: its answer decides
-            st.state = OPEN
-            st.retry_at = max(st.retry_at if st.state == OPEN else 0.0, now + float(left))
+            retry_at = now + float(left)
+            if st.state == OPEN:
+                retry_at = max(st.retry_at, retry_at)  # never shorten a longer local backoff
+            st.state, st.retry_at, st.failures = OPEN, retry_at, 0
             st.opened = max(st.opened, int(opened))
-            st.failures = 0
             MemoryStore.breaker_put(self, key, st)
             return True
         if kind == "ban" and len(event) == 4:
