@@ -170,3 +170,33 @@ def test_fleet_arguments_are_checked_naming_them(kwargs: dict[str, object], para
     with pytest.raises(ConfigurationError) as info:
         GatewayManager("proxaro_test_abc", "http://127.0.0.1:9", **kwargs)  # type: ignore[arg-type]
     assert info.value.param == param
+
+
+async def test_async_workers_join_the_fleet_and_share_one_refresh(
+    sandbox: Sandbox, redis_server: RedisServer
+) -> None:
+    import asyncio
+
+    managers = [
+        GatewayManager(sandbox.api_key, sandbox.api_url, redis_url=redis_server.url)
+        for _ in range(3)
+    ]
+    try:
+        for mgr in managers:
+            await mgr.astart()
+        assert all(m.driver == "task" for m in managers)
+        assert await asyncio.to_thread(credentials_calls, sandbox) == 1
+        await asyncio.to_thread(sandbox.control, "grace", seconds=0)
+        await asyncio.to_thread(sandbox.control, "rotate")
+        before = await asyncio.to_thread(credentials_calls, sandbox)
+        await asyncio.gather(
+            *(m.arefresh_credentials(m.credentials_version) for m in managers for _ in range(2))
+        )
+        assert await asyncio.to_thread(credentials_calls, sandbox) - before <= 2
+        deadline = time.monotonic() + 10
+        while not all(m.credentials_version == 2 for m in managers):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        for mgr in managers:
+            await mgr.aclose()
