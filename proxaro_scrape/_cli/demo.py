@@ -235,15 +235,27 @@ def _sandbox_class() -> Any:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sandbox world.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead.")
+@click.option(
+    "--fleet",
+    type=click.IntRange(0, 32),
+    default=0,
+    help="Run N worker processes sharing one local Redis instead (needs redis-server).",
+)
 def demo(
     quick: bool,
     report: str,
     log_file: str | None,
     seed: int,
     as_json: bool,
+    fleet: int = 0,
 ) -> None:
     """Crawl a demo shop through a local Proxaro: three countries, a sticky session, bans, a
     region down and a credential rotation midway; nothing lost, no secret in the log."""
+    if fleet:
+        from proxaro_scrape._cli._fleet_demo import run_fleet_demo
+
+        run_fleet_demo(fleet, seed=seed, report=report, as_json=as_json)
+        return
     Sandbox = _sandbox_class()  # noqa: N806 - a class
     crawl = _import_crawl()
     plan = DemoPlan.for_mode(quick)
