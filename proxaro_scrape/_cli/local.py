@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from proxaro_scrape._cli._common import sigterm_as_interrupt
+from proxaro_scrape._cli._common import CommandError, sigterm_as_interrupt
 
 __all__ = ["COMMANDS"]
 
@@ -25,7 +25,14 @@ def sandbox(port: int, seed: int, plan: str, as_json: bool) -> None:
 
     Its API key is a test key of the local world only: it is printed so that you can use it.
     """
-    from proxaro_scrape.sandbox import Sandbox
+    try:
+        from proxaro_scrape.sandbox import Sandbox
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in ("aiohttp", "trustme"):
+            raise
+        raise CommandError(
+            f'the sandbox needs {exc.name}: pip install "proxaro-scrape[sandbox]"'
+        ) from None
 
     try:
         sb = Sandbox(seed=seed, plan=plan, api_port=port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import ssl
@@ -29,6 +30,7 @@ from proxaro_scrape._cli._common import (
     table,
     when,
 )
+from proxaro_scrape._cli._listen_sandbox import sandbox_listener
 from proxaro_scrape._cli._tables import show
 from proxaro_scrape._secrets import Secret, check_secret_path, write_secret_file
 from proxaro_scrape.api import Webhook
@@ -237,7 +239,7 @@ def _server_context(
         return ctx, None, None
     if key is not None:
         raise CommandError("--key needs --cert")
-    import trustme
+    import trustme  # checked for by _require_server_modules
 
     ca = trustme.CA(organization_name="proxaro-scrape webhooks listen")
     names = {host, "localhost", "127.0.0.1", "::1"}
@@ -248,6 +250,19 @@ def _server_context(
         ca_out = str(Path(tmp.name) / "ca.pem")
     ca.cert_pem.write_to_path(ca_out)
     return ctx, ca_out, tmp
+
+
+def _require_server_modules(names: tuple[str, ...]) -> None:
+    """Import ``names``; one missing is one error line naming the extra that brings it."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] != name:
+                raise  # one of its own dependencies: a broken install, not a missing extra
+            raise CommandError(
+                f'webhooks listen needs {name}: pip install "proxaro-scrape[sandbox]"'
+            ) from None
 
 
 def _describe(event: Any) -> str:
@@ -295,7 +310,17 @@ def _describe(event: Any) -> str:
     help="Without --cert: where to write the self-made CA that senders must trust.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON line.")
+@click.option(
+    "--sandbox",
+    "to_sandbox",
+    is_flag=True,
+    help="The API (--base-url) is a local `proxaro-scrape sandbox`: take a certificate from it "
+    "and register this listener for every event (no --secret, --cert or --ca-out).",
+)
+@api_options
+@pass_config
 def webhooks_listen(
+    cfg: CLIConfig,
     host: str,
     port: int,
     path: str | None,
@@ -304,21 +329,40 @@ def webhooks_listen(
     keyfile: str | None,
     ca_out: str | None,
     as_json: bool,
+    to_sandbox: bool,
 ) -> None:
-    """Receive events over HTTPS here and print each verified one until Ctrl+C."""
+    """Receive events over HTTPS here and print each verified one until Ctrl+C.
+
+    With ``--sandbox``, from a local sandbox: ``proxaro-scrape --api-key KEY --base-url URL
+    webhooks listen --sandbox`` with the key and URL ``proxaro-scrape sandbox`` prints.
+    """
     from proxaro_scrape.webhooks import listen
 
-    values = list(secrets) or (
-        [os.environ[ENV_WEBHOOK_SECRET]] if os.environ.get(ENV_WEBHOOK_SECRET) else []
-    )
-    if not values:
-        raise CommandError(f"no signing secret: pass --secret or set {ENV_WEBHOOK_SECRET}")
-    held = [Secret(v) for v in values]
-    ctx, ca_path, tmp = _server_context(host, cert, keyfile, ca_out)
+    # Checked before anything is printed: aiohttp serves, trustme makes a CA when no --cert.
+    own_ca = cert is None and not to_sandbox
+    _require_server_modules(("aiohttp", "trustme") if own_ca else ("aiohttp",))
+
+    registered: str | None = None
+    ca_path: str | None = None
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if to_sandbox:
+        given = {"--secret": bool(secrets), "--cert": cert is not None}
+        given.update({"--key": keyfile is not None, "--ca-out": ca_out is not None})
+        port, held, ctx, registered = sandbox_listener(cfg, host, port, path, given)
+    else:
+        values = list(secrets) or (
+            [os.environ[ENV_WEBHOOK_SECRET]] if os.environ.get(ENV_WEBHOOK_SECRET) else []
+        )
+        if not values:
+            raise CommandError(f"no signing secret: pass --secret or set {ENV_WEBHOOK_SECRET}")
+        held = [Secret(v) for v in values]
+        ctx, ca_path, tmp = _server_context(host, cert, keyfile, ca_out)
     notes = err_console()
     lock = threading.Lock()
 
     def ready(url: str) -> None:
+        if registered is not None:
+            notes.print(registered)
         notes.print(f"Listening on {url}")
         if ca_path is not None:
             notes.print(f"Self-signed: senders must trust the CA in {ca_path}")
