@@ -227,7 +227,7 @@ class Sandbox:
             if "api" in self.components:
                 from proxaro_scrape.sandbox.api import build_api_app
 
-                port = await self._serve(build_api_app(self.world), self._ports["api"])
+                port = await self._serve(build_api_app(self.world, ca=self.ca), self._ports["api"])
                 self.api_url = f"http://{_url_host(self.host)}:{port}"
             if "gateway" in self.components:
                 from proxaro_scrape.sandbox.gateway import GatewayServer

@@ -373,15 +373,22 @@ def _bearer(header: str | None) -> str | None:
     return token.strip()
 
 
-def build_api_app(world: World) -> web.Application:
+def build_api_app(world: World, *, ca: Any = None) -> web.Application:
     """The sandbox API: every v1 endpoint of the reference and the ``/_sandbox/*`` controls.
+
+    With ``ca`` (the sandbox's ``trustme.CA``), also ``POST /_sandbox/server_cert``
+    (:mod:`proxaro_scrape.sandbox._tls`): webhook receivers in other processes get a
+    certificate the deliverer trusts.
 
     >>> app = build_api_app(World(seed=0))   # serve it with aiohttp's AppRunner
     """
+    from proxaro_scrape.sandbox._tls import add_cert_route
     from proxaro_scrape.sandbox.controls import Controls
 
     emulator = ApiEmulator(world)
     app = web.Application(middlewares=[emulator.middleware])
     emulator.add_routes(app)
     Controls(world, emulator.limiter).add_routes(app)
+    if ca is not None:
+        add_cert_route(app, ca)
     return app

@@ -45,6 +45,8 @@ reset_counters       ``{}``; ``{"rate_limits": true}`` also empties every rate-l
 
 Plus ``GET /_sandbox/log?kind=a,b`` → ``{"object": "list", "data": [{"at", "timestamp",
 "kind", "detail"}]}`` and ``GET /_sandbox/counters`` → the counters as one flat JSON object.
+``POST /_sandbox/server_cert`` (loopback names and callers only) issues a webhook receiver's
+certificate from the sandbox CA: :mod:`proxaro_scrape.sandbox._tls`.
 """
 
 from __future__ import annotations
