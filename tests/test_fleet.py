@@ -200,3 +200,43 @@ async def test_async_workers_join_the_fleet_and_share_one_refresh(
     finally:
         for mgr in managers:
             await mgr.aclose()
+
+
+def test_the_shared_bucket_spends_the_accounts_budget_once_for_all(
+    fleet: list[GatewayManager],
+) -> None:
+    links = [m.fleet for m in fleet]
+    key = links[0].keys.key("bench-bucket")
+    # 6 requests a minute, 3 in the bucket: four workers asking together get 3, then wait.
+    waits = [int(link._bucket(keys=[key], args=[0.1, 3])) for link in links]
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0
+
+
+def test_when_the_leader_goes_another_worker_polls_for_the_fleet(
+    sandbox: Sandbox, redis_server: RedisServer
+) -> None:
+    import redis
+
+    managers = [
+        GatewayManager(sandbox.api_key, sandbox.api_url, redis_url=redis_server.url, pool_ttl=0.2)
+        for _ in range(3)
+    ]
+    try:
+        for mgr in managers:
+            mgr.start()
+        leaders = [m for m in managers if m.fleet.leader]
+        assert len(leaders) == 1
+        leaders[0].close()  # gives the lease back
+        rest = [m for m in managers if m is not leaders[0]]
+        until(lambda: sum(m.fleet.leader for m in rest) == 1)
+        # A leader killed outright gives nothing back: its lease lapses (a short one here).
+        client = redis.Redis.from_url(redis_server.url)
+        lease = rest[0].fleet.keys.key("lease")
+        for m in rest:
+            m.fleet.leader = False
+        client.set(lease, "a-killed-worker", px=300)
+        until(lambda: client.get(lease) not in (None, b"a-killed-worker"))
+        until(lambda: sum(m.fleet.leader for m in rest) == 1)
+    finally:
+        for mgr in managers:
+            mgr.close()
