@@ -333,8 +333,8 @@ def webhooks_listen(
 ) -> None:
     """Receive events over HTTPS here and print each verified one until Ctrl+C.
 
-    With ``--sandbox``, from a local sandbox: ``proxaro-scrape --api-key KEY --base-url URL
-    webhooks listen --sandbox`` with the key and URL ``proxaro-scrape sandbox`` prints.
+    With --sandbox, from a local sandbox: run `proxaro-scrape sandbox`, then
+    `proxaro-scrape --api-key KEY --base-url URL webhooks listen --sandbox` with what it prints.
     """
     from proxaro_scrape.webhooks import listen
 
