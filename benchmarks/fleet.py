@@ -6,11 +6,13 @@ Figures (counts from the sandbox's own counters; times are figures, not assertio
 
 1. **API calls at start** for 1, 2, 4 and 8 workers starting together on an empty Redis
    (goal: 4 workers at most 1.2 times one worker), and for 1 worker without Redis.
-2. **Credentials calls per rotation**: the password rotates with no grace and every worker
+2. **API calls in steady state** for 1, 2, 4 and 8 workers with every poll at 1 s (credentials,
+   pool view, usage) over the same stretch of time: the fleet polls once, not once per worker.
+3. **Credentials calls per rotation**: the password rotates with no grace and every worker
    refreshes at once, twice over, as a 407 storm does (goal: at most 2).
-3. **Decision time** (``mgr.request(url)`` + ``rr.next_route()`` + ``route.proxy_url``, median
+4. **Decision time** (``mgr.request(url)`` + ``rr.next_route()`` + ``route.proxy_url``, median
    and 99th percentile, in µs) with and without Redis (goal: the same, within 10 µs).
-4. **A ban's way to the others**: one worker opens a breaker, the time until another worker's
+5. **A ban's way to the others**: one worker opens a breaker, the time until another worker's
    own state shows it (median and worst of N, goal: under a second).
 
 Workers are managers in one process here (each with its own Redis link, thread and store: as
@@ -75,11 +77,13 @@ def _calls(sb: Any, what: str = "") -> int:
     )
 
 
-def _start_together(sb: Any, n: int, redis_url: str | None, prefix: str) -> tuple[int, list[Any]]:
+def _start_together(
+    sb: Any, n: int, redis_url: str | None, prefix: str, **options: Any
+) -> tuple[int, list[Any]]:
     from proxaro_scrape import GatewayManager
 
     managers = [
-        GatewayManager(sb.api_key, sb.api_url, redis_url=redis_url, redis_prefix=prefix)
+        GatewayManager(sb.api_key, sb.api_url, redis_url=redis_url, redis_prefix=prefix, **options)
         for _ in range(n)
     ]
     before = _calls(sb)
@@ -118,6 +122,18 @@ def run(quick: bool = False) -> dict[str, Any]:
             for m in managers:
                 m.close()
         out["start_calls"] = starts
+
+        steady = {}
+        seconds = 2.0 if quick else 6.0
+        polls = {"credentials_poll_interval": 1.0, "pool_ttl": 1.0, "usage_poll_interval": 1.0}
+        for n in (1, 2, 4, 8):
+            _, managers = _start_together(sb, n, url, f"steady{n}", **polls)
+            before = _calls(sb)
+            time.sleep(seconds)  # the background polls run meanwhile
+            steady[n] = _calls(sb) - before
+            for m in managers:
+                m.close()
+        out[f"steady_calls_in_{seconds:g}s_polling_every_1s"] = steady
 
         _, fleet = _start_together(sb, 8 if not quick else 4, url, "fleet")
         sb.control("grace", seconds=0)
