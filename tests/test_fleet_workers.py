@@ -174,8 +174,8 @@ def test_redis_restarted_mid_crawl_fails_nothing_and_the_fleet_resyncs(
     got = Counter(pid for r in reports for pid in r["ok"])
     assert sorted(got) == sorted(ids) and set(got.values()) == {1}
     # Resynced: the fleet's counters in the new Redis hold both workers' whole runs.
-    client = redis.Redis.from_url(redis_server.url)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     totals: dict[str, int] = {}
     for key in client.scan_iter("proxaro:*:counters"):
-        totals = {k.decode(): int(v) for k, v in client.hgetall(key).items()}
+        totals = {str(k): int(v) for k, v in client.hgetall(key).items()}
     assert totals.get("successes", 0) >= len(ids)
