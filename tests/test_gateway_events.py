@@ -96,6 +96,13 @@ CASES: list[tuple[str, EventFacts, EventState, bool, str]] = [
      EventFacts(ROT, HELD - SEC), state(rotated_at=HELD), False, "not_newer"),
     ("rotation without any time (a dict)", EventFacts(ROT), state(rotated_at=HELD), True,
      "current"),
+    # --- credentials.rotated against the manager's last fetch of the credentials
+    ("rotated 1 s before the last fetch", rotated(READ_AT - SEC),
+     state(credentials_read_at=READ_AT), False, "older_than_credentials"),
+    ("rotated at the last fetch", rotated(READ_AT), state(credentials_read_at=READ_AT), True,
+     "current"),
+    ("rotated 1 s after the last fetch", rotated(READ_AT + SEC),
+     state(credentials_read_at=READ_AT), True, "current"),
     ("newer rotation while a refresh is pending", rotated(HELD + SEC),
      state(rotated_at=HELD, refresh_pending=True), False, "refresh_pending"),
     ("newer rotation, no refresh pending", rotated(HELD + SEC),
@@ -237,11 +244,27 @@ def test_a_usage_reading_between_two_events_makes_the_first_stale() -> None:
     assert gate.admit(fresh, credentials_version=1, cap_bytes=CAP, usage_polls=2)
 
 
-def test_usage_read_is_explicit_too() -> None:
+def test_a_credentials_fetch_between_two_events_makes_older_rotations_stale() -> None:
     c = Clocks()
     gate = c.gate()
-    gate.usage_read(READ_AT)
-    gate.usage_read(READ_AT - timedelta(hours=1))  # an older reading never moves it back
+    allowlist = EventFacts("allowlist.updated", NOW)
+    assert gate.admit(allowlist, credentials_version=1, cap_bytes=None, credential_fetches=1)
+    looked = NOW
+    c.wall_now += 600
+    # A poll fetched the credentials since (the count moved): they reflect every rotation
+    # before the previous look, whatever the gate remembers of rotation events (nothing here).
+    old = rotation(looked - SEC)
+    verdict = gate.admit(old, credentials_version=1, cap_bytes=None, credential_fetches=2)
+    assert verdict.reason == "older_than_credentials"
+    newer = rotation(looked + SEC)  # maybe after that fetch: acted on
+    assert gate.admit(newer, credentials_version=1, cap_bytes=None, credential_fetches=2)
+
+
+def test_readings_can_be_noted_explicitly() -> None:
+    c = Clocks()
+    gate = c.gate()
+    gate.note_read("usage", READ_AT)
+    gate.note_read("usage", READ_AT - timedelta(hours=1))  # an older one never moves it back
     assert gate.admit(
         usage(created=READ_AT - SEC), credentials_version=1, cap_bytes=None
     ).reason == ("older_than_usage_read")

@@ -13,11 +13,12 @@ event is about the state the manager is in:
   one, never stops routing; nor does one created before the manager's last usage reading
   (the reading is newer news), or one about a smaller cap than the one the manager knows
   (the plan grew since);
-- ``credentials.rotated`` applies only if it is newer than the newest rotation already acted on,
-  and not while the refresh a previous event asked for is still pending: a burst of replays
-  costs at most one refresh.  A refresh can never roll credentials back anyway (it fetches the
-  current ones from ``GET /v1/credentials``); this keeps replays from costing API calls and
-  from condemning the credentials in use.
+- ``credentials.rotated`` applies only if it is newer than the newest rotation already acted on
+  and than the manager's last fetch of the credentials, and not while the refresh a previous
+  event asked for is still pending: a burst of replays costs at most one refresh.  A refresh
+  can never roll credentials back anyway (it fetches the current ones from
+  ``GET /v1/credentials``); this keeps replays from costing API calls and from condemning the
+  credentials in use.
 
 :class:`EventGate` is the stateful shell (a few fields, constant memory: deduplication by id
 stays the receiver's bounded LRU) and :func:`admit_event` is what ``handle_event`` calls.
@@ -88,7 +89,9 @@ class EventState:
     ``now`` is wall-clock UTC; ``period`` the current billing period (``YYYY-MM``);
     ``usage_read_at`` when the manager last read ``GET /v1/usage`` (``None``: not known);
     ``cap_bytes`` the plan's cap as last known; ``rotated_at`` the newest rotation acted on;
-    ``refresh_pending`` whether a refresh an event asked for has not finished yet.
+    ``refresh_pending`` whether a refresh an event asked for has not finished yet;
+    ``credentials_read_at`` when the manager last fetched ``GET /v1/credentials`` (whatever it
+    holds reflects every rotation before that).
     """
 
     now: datetime
@@ -97,6 +100,7 @@ class EventState:
     cap_bytes: int | None = None
     rotated_at: datetime | None = None
     refresh_pending: bool = False
+    credentials_read_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,9 @@ def event_applies(event: EventFacts, state: EventState) -> Verdict:
 
     Reasons: ``"current"`` (applies), ``"too_old"``, ``"bad_period"``, ``"past_period"``,
     ``"future_period"``, ``"older_than_usage_read"``, ``"smaller_cap"``, ``"not_newer"``,
-    ``"refresh_pending"``.  What the event does not say (no ``created_at``, no period) is not
-    held against it: a hand-made ``{"type": ..., "data": {}}`` still applies.
+    ``"older_than_credentials"``, ``"refresh_pending"``.  What the event does not say (no
+    ``created_at``, no period) is not held against it: a hand-made ``{"type": ..., "data": {}}``
+    still applies.
     """
     created = event.created_at
     if created is not None and state.now - created > MAX_EVENT_AGE:
@@ -138,6 +143,9 @@ def event_applies(event: EventFacts, state: EventState) -> Verdict:
         rotated = event.rotated_at or created
         if rotated is not None and state.rotated_at is not None and rotated <= state.rotated_at:
             return Verdict(False, "not_newer")
+        if rotated is not None and state.credentials_read_at is not None:
+            if rotated < state.credentials_read_at:
+                return Verdict(False, "older_than_credentials")
         if state.refresh_pending:
             return Verdict(False, "refresh_pending")
     return Verdict(True, "current")
@@ -218,19 +226,26 @@ class EventGate:
         self._rotated_at: datetime | None = None
         self._pending_until = float("-inf")
         self._pending_version = -1
-        self._usage_read_at: datetime | None = None
-        self._polls_seen: int | None = None
+        # Per kind of reading ("usage", "credentials"): when the last one happened (at least),
+        # and the manager's count of them as of the previous event.
+        self._read_at: dict[str, datetime] = {}
+        self._counts: dict[str, int] = {}
         self._looked_at: datetime | None = None
 
     def __repr__(self) -> str:
-        return f"<EventGate rotated_at={self._rotated_at} usage_read_at={self._usage_read_at}>"
+        return f"<EventGate rotated_at={self._rotated_at} read_at={self._read_at}>"
 
-    def usage_read(self, at: datetime | None = None) -> None:
-        """The manager just read ``GET /v1/usage`` (at ``at``, default now)."""
+    def note_read(self, kind: str, at: datetime | None = None) -> None:
+        """The manager read ``kind`` (``"usage"`` or ``"credentials"``) from the API at ``at``
+        (default now); an earlier time than one already noted changes nothing."""
         moment = at if at is not None else datetime.fromtimestamp(self._wall(), timezone.utc)
         with self._lock:
-            if self._usage_read_at is None or moment > self._usage_read_at:
-                self._usage_read_at = moment
+            self._note_read(kind, moment)
+
+    def _note_read(self, kind: str, moment: datetime) -> None:
+        known = self._read_at.get(kind)
+        if known is None or moment > known:
+            self._read_at[kind] = moment
 
     def admit(
         self,
@@ -239,27 +254,37 @@ class EventGate:
         credentials_version: int,
         cap_bytes: int | None,
         usage_polls: int | None = None,
+        credential_fetches: int | None = None,
     ) -> Verdict:
         """Judge one event against the manager's state, and remember what acting on it means.
 
-        ``usage_polls`` is the manager's count of usage readings: when it moved since the
-        previous event, a reading happened after that event was judged, which bounds the time
-        of the last reading from below (sound for refusing older events, never too eager).
+        ``usage_polls`` and ``credential_fetches`` are the manager's counts of readings: one that
+        moved since the previous event means a reading after that event was judged, which
+        bounds the time of the last reading from below (sound for refusing older events, never
+        too eager).
         """
         now = datetime.fromtimestamp(self._wall(), timezone.utc)
         with self._lock:
-            if usage_polls is not None:
-                if self._polls_seen is not None and usage_polls != self._polls_seen:
-                    if self._looked_at is not None and (
-                        self._usage_read_at is None or self._looked_at > self._usage_read_at
-                    ):
-                        self._usage_read_at = self._looked_at
-                self._polls_seen, self._looked_at = usage_polls, now
+            counts = {"usage": usage_polls, "credentials": credential_fetches}
+            for kind, count in counts.items():
+                if count is None:
+                    continue
+                before = self._counts.get(kind)
+                if before is not None and count != before and self._looked_at is not None:
+                    self._note_read(kind, self._looked_at)
+                self._counts[kind] = count
+            self._looked_at = now
             pending = (
                 credentials_version == self._pending_version and self._clock() < self._pending_until
             )
             state = EventState(
-                now, period_of(now), self._usage_read_at, cap_bytes, self._rotated_at, pending
+                now,
+                period_of(now),
+                usage_read_at=self._read_at.get("usage"),
+                cap_bytes=cap_bytes,
+                rotated_at=self._rotated_at,
+                refresh_pending=pending,
+                credentials_read_at=self._read_at.get("credentials"),
             )
             verdict = event_applies(facts, state)
             if facts.type == "credentials.rotated" and verdict.reason != "too_old":
@@ -292,11 +317,13 @@ def admit_event(manager: Any, event: Any) -> tuple[Any, Any] | None:
     What :meth:`~proxaro_scrape.GatewayManager.handle_event` calls first.
     """
     facts, etype, data = facts_of(event)
+    counts = manager.stats()
     verdict = gate_for(manager).admit(
         facts,
         credentials_version=manager.core.creds.version,
         cap_bytes=manager.core.usage.cap_bytes,
-        usage_polls=manager.stats().get("usage_polls"),
+        usage_polls=counts.get("usage_polls"),
+        credential_fetches=counts.get("credential_refreshes"),
     )
     if not verdict:
         # A late retry is ordinary (at-least-once delivery); a replay is not, but the answer is
