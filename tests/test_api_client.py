@@ -26,12 +26,12 @@ from proxaro_scrape._secrets import Secret
 from proxaro_scrape.errors import ConflictError, InvalidRequestError, NotFoundError
 from proxaro_scrape.sandbox import Sandbox
 from tests._support import eventually
+from tests.conftest import SandboxFactory
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(seed=0, components={"api"}) as sandbox:
-        yield sandbox
+def sb(make_sandbox: SandboxFactory) -> Sandbox:
+    return make_sandbox(components={"api"})
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -284,25 +284,25 @@ def test_webhooks_create_list_rotate(api: Driver, sb: Sandbox) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_webhook_attempts_are_delivery_receipts(kind: str) -> None:
-    with Sandbox(seed=0, components={"api", "webhooks"}) as sandbox:
-        driver = Driver(kind, sandbox)
-        try:
-            # Nothing listens on port 9: every delivery fails, and each attempt is a receipt.
-            hook = driver(lambda c: c.webhooks.create("https://127.0.0.1:9/h", ["order.paid"]))
-            sandbox.control("event", type="order.paid")
-            attempts = eventually(
-                lambda: driver.items(lambda c: c.webhooks.attempts(hook.id, limit=1)),
-                interval=0.05,
-                message="the sandbox deliverer recorded no attempt",
-            )
-            first = attempts[-1]
-            assert first.webhook_id == hook.id and first.event_type == "order.paid"
-            assert first.ok is False and first.attempt == 1 and aware(first.attempted_at)
-            page = driver(lambda c: c.webhooks.attempts_page(hook.id))
-            assert [a.id for a in page] == [a.id for a in attempts]
-        finally:
-            driver.close()
+def test_webhook_attempts_are_delivery_receipts(kind: str, make_sandbox: SandboxFactory) -> None:
+    sandbox = make_sandbox(components={"api", "webhooks"})
+    driver = Driver(kind, sandbox)
+    try:
+        # Nothing listens on port 9: every delivery fails, and each attempt is a receipt.
+        hook = driver(lambda c: c.webhooks.create("https://127.0.0.1:9/h", ["order.paid"]))
+        sandbox.control("event", type="order.paid")
+        attempts = eventually(
+            lambda: driver.items(lambda c: c.webhooks.attempts(hook.id, limit=1)),
+            interval=0.05,
+            message="the sandbox deliverer recorded no attempt",
+        )
+        first = attempts[-1]
+        assert first.webhook_id == hook.id and first.event_type == "order.paid"
+        assert first.ok is False and first.attempt == 1 and aware(first.attempted_at)
+        page = driver(lambda c: c.webhooks.attempts_page(hook.id))
+        assert [a.id for a in page] == [a.id for a in attempts]
+    finally:
+        driver.close()
 
 
 # ---------------------------------------------------------------------------- status and headers

@@ -36,6 +36,7 @@ from proxaro_scrape.errors import (
     UnprocessableEntityError,
 )
 from proxaro_scrape.sandbox import Sandbox
+from tests.conftest import SandboxFactory
 
 #: Retries without real waiting: the timing itself is tested as a table in test_api_retry.py.
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, max_retry_after=0.02)
@@ -44,9 +45,8 @@ ROTATE = "api.requests:POST /v1/credentials/rotate"
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(seed=0, components={"api"}) as sandbox:
-        yield sandbox
+def sb(make_sandbox: SandboxFactory) -> Sandbox:
+    return make_sandbox(components={"api"})
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -42,6 +42,7 @@ from proxaro_scrape.errors import (
     ServiceUnavailableError,
 )
 from proxaro_scrape.sandbox import Sandbox
+from tests.conftest import SandboxFactory
 
 NOW = 1_776_000_000.0  # a fixed "now" (UNIX time) for every case
 POLICY = RetryPolicy()  # 0.5 s initial, 8 s max backoff, 60 s max Retry-After, 25 % jitter
@@ -377,10 +378,9 @@ def test_pacer_holds_until_reset_when_the_budget_is_spent() -> None:
 
 
 @pytest.fixture
-def starter() -> Iterator[Sandbox]:
+def starter(make_sandbox: SandboxFactory) -> Sandbox:
     # World time at 10x: the sandbox's 60 s window lasts 6 real seconds, its burst window 1 s.
-    with Sandbox(seed=0, plan="starter", clock_speed=10.0, components={"api"}) as sandbox:
-        yield sandbox
+    return make_sandbox(plan="starter", clock_speed=10.0, components={"api"})
 
 
 @pytest.fixture(params=["sync", "async"])

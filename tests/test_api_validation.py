@@ -15,14 +15,14 @@ from _api_support import Driver, counters, driver_fixture
 from proxaro_scrape import AsyncProxaro, Pacer, Proxaro, RetryPolicy
 from proxaro_scrape.errors import ConfigurationError
 from proxaro_scrape.sandbox import Sandbox
+from tests.conftest import SandboxFactory
 
 HEX = "0123456789abcdef" * 2
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(seed=0, components={"api"}) as sandbox:
-        yield sandbox
+def sb(make_sandbox: SandboxFactory) -> Sandbox:
+    return make_sandbox(components={"api"})
 
 
 @pytest.fixture(params=["sync", "async"])

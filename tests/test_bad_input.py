@@ -46,6 +46,7 @@ from proxaro_scrape.integrations.httpx import ProxaroTransport
 from proxaro_scrape.integrations.requests import ProxaroSession
 from proxaro_scrape.integrations.scrapy import ProxaroDownloaderMiddleware
 from proxaro_scrape.sandbox import Sandbox
+from tests.conftest import SandboxFactory
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -317,27 +318,27 @@ def bad_api_app(seen: list[str]) -> web.Application:
 
 
 @pytest.fixture
-def world(sandbox: Sandbox) -> Iterator[World]:
+def world(sandbox: Sandbox, make_sandbox: SandboxFactory) -> Iterator[World]:
     seen: list[str] = []
-    with Sandbox(seed=1, plan="starter", components={"api", "gateway"}) as starter:
-        runner = web.AppRunner(bad_api_app(seen), access_log=None)
-        # The bad API runs on the starter sandbox's loop (a running loop in its own thread).
-        port = _serve(starter, runner)
-        quiet = {"pool_ttl": None, "usage_poll_interval": None, "credentials_poll_interval": 600}
-        mgr = GatewayManager(sandbox.api_key, sandbox.api_url, **quiet).start()
-        starter_mgr = GatewayManager(starter.api_key, starter.api_url, **quiet).start()
-        try:
-            # The starter manager learns its plan's ASN scope the documented way, before the
-            # rows (one listing, refused): its ASN row is then refused from what it knows, with
-            # nothing sent.  No other background call runs: `quiet` turns the polls off and
-            # start() prefetches nothing.
-            with contextlib.suppress(TargetError):
-                starter_mgr.check_target({"country": "us", "asn": "7922"})
-            yield World(sandbox, starter, mgr, starter_mgr, f"http://127.0.0.1:{port}", seen)
-        finally:
-            mgr.close()
-            starter_mgr.close()
-            _cleanup(starter, runner)
+    starter = make_sandbox(seed=1, plan="starter", components={"api", "gateway"})
+    runner = web.AppRunner(bad_api_app(seen), access_log=None)
+    # The bad API runs on the starter sandbox's loop (a running loop in its own thread).
+    port = _serve(starter, runner)
+    quiet = {"pool_ttl": None, "usage_poll_interval": None, "credentials_poll_interval": 600}
+    mgr = GatewayManager(sandbox.api_key, sandbox.api_url, **quiet).start()
+    starter_mgr = GatewayManager(starter.api_key, starter.api_url, **quiet).start()
+    try:
+        # The starter manager learns its plan's ASN scope the documented way, before the
+        # rows (one listing, refused): its ASN row is then refused from what it knows, with
+        # nothing sent.  No other background call runs: `quiet` turns the polls off and
+        # start() prefetches nothing.
+        with contextlib.suppress(TargetError):
+            starter_mgr.check_target({"country": "us", "asn": "7922"})
+        yield World(sandbox, starter, mgr, starter_mgr, f"http://127.0.0.1:{port}", seen)
+    finally:
+        mgr.close()
+        starter_mgr.close()
+        _cleanup(starter, runner)
 
 
 def _serve(sb: Sandbox, runner: web.AppRunner) -> int:

@@ -24,6 +24,7 @@ import pytest
 from proxaro_scrape import protocol
 from proxaro_scrape.sandbox import Sandbox
 from proxaro_scrape.sandbox.world import Event
+from tests.conftest import SandboxFactory
 
 CURL = "/usr/bin/curl"
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -34,9 +35,8 @@ FULL_SANDBOX = all(
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(seed=0, components={"api"}) as sandbox:
-        yield sandbox
+def sb(make_sandbox: SandboxFactory) -> Sandbox:
+    return make_sandbox(components={"api"})
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pytest
 
 from proxaro_scrape.sandbox import Sandbox
 from proxaro_scrape.sandbox.site import PAGE_SIZE, catalogue
+from tests.conftest import SandboxFactory
 
 NODE = shutil.which("node")
 
@@ -63,9 +64,8 @@ SCRIPT = re.compile(r"<script>\n(.*)</script>", re.S)
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(seed=0, components={"api", "gateway", "site"}) as box:
-        yield box
+def sb(make_sandbox: SandboxFactory) -> Sandbox:
+    return make_sandbox(components={"api", "gateway", "site"})
 
 
 @pytest.fixture

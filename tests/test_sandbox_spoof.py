@@ -8,7 +8,6 @@ sees nor changes the site's answers, so there they arrive as the site sent them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from proxaro_scrape import protocol
 from proxaro_scrape.sandbox import Sandbox
 from tests._proxy_client import RawConn, Response, basic
+from tests.conftest import SandboxFactory
 
 #: (status, the X-Proxaro-Error the site sends by default for it).
 DEFAULTS = [
@@ -37,9 +37,8 @@ FAKE_EXIT = {
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(seed=0, components={"api", "gateway", "site"}) as box:
-        yield box
+def sb(make_sandbox: SandboxFactory) -> Sandbox:
+    return make_sandbox(components={"api", "gateway", "site"})
 
 
 def creds(sb: Sandbox, suffix: str = "") -> tuple[str, str]:
