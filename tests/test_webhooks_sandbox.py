@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,35 +12,17 @@ from aiohttp import web
 from proxaro_scrape import AsyncProxaro, protocol
 from proxaro_scrape.sandbox import Sandbox
 from proxaro_scrape.webhooks import WebhookEvent, WebhookReceiver, verify_signature
+from tests._support import aeventually
+from tests.conftest import SandboxFactory
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(seed=0, components={"api", "webhooks"}) as sandbox:
-        yield sandbox
+def sb(make_sandbox: SandboxFactory) -> Sandbox:
+    return make_sandbox(components={"api", "webhooks"})
 
 
 def client(sb: Sandbox) -> AsyncProxaro:
     return AsyncProxaro(api_key=sb.api_key, base_url=sb.api_url)
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-async def until_async(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def receipts(api: AsyncProxaro, webhook_id: str) -> list[Any]:
@@ -81,8 +60,9 @@ async def test_every_event_type_and_an_api_rotation_arrive_verified(sb: Sandbox)
                 for type_ in protocol.WEBHOOK_EVENTS:
                     sent.append(await sb.acontrol("event", type=type_))
                 rotated = await api.credentials.rotate()
-                await until(lambda: len(received) == len(sent) + 1 and len(only_100) == 1)
-                await asyncio.sleep(0.2)  # nothing more comes
+                await aeventually(lambda: len(received) == len(sent) + 1 and len(only_100) == 1)
+                # Nothing more comes: the deliverer has nothing queued nor in flight.
+                await aeventually(lambda: sb.call(lambda: sb.deliverer.pending) == 0)
                 assert len(received) == len(sent) + 1 and len(only_100) == 1
 
         # Exactly what the sandbox emitted, verified by the receiver, each once (deliveries
@@ -127,7 +107,7 @@ async def test_down_receiver_is_retried_with_backoff_and_succeeds_once_up(sb: Sa
         assert hook.secret is not None
         event = await sb.acontrol("event", type="order.paid")
 
-        first = await until_async(lambda: receipts(api, hook.id))
+        first = await aeventually(lambda: receipts(api, hook.id))
         assert len(first) == 1 and not first[0].ok and first[0].status is None
         assert first[0].event_id == event["id"] and first[0].error
         assert first[0].next_retry_at is not None
@@ -140,7 +120,7 @@ async def test_down_receiver_is_retried_with_backoff_and_succeeds_once_up(sb: Sa
             got_ = await receipts(api, hook.id)
             return got_ if len(got_) == 2 else None
 
-        second = (await until_async(two))[1]
+        second = (await aeventually(two))[1]
         assert second.attempt == 2 and not second.ok
         assert second.next_retry_at is not None
         gap = (second.next_retry_at - second.attempted_at).total_seconds()
@@ -151,7 +131,7 @@ async def test_down_receiver_is_retried_with_backoff_and_succeeds_once_up(sb: Sa
         async with receiver.serve("127.0.0.1", port, ssl_context=ctx):
             # Speed the world up instead of advancing it: 60 world s in half a real second.
             await sb.acontrol("clock", speed=120)
-            await until(lambda: got == [event["id"]])
+            await aeventually(lambda: got == [event["id"]])
             await sb.acontrol("clock", speed=1)
         got_receipts = await receipts(api, hook.id)
     assert [a.attempt for a in got_receipts] == [1, 2, 3]
@@ -179,12 +159,12 @@ async def test_rotating_the_secret_signs_with_the_new_one_only(sb: Sandbox) -> N
             hook = await api.webhooks.create(url, ["order.expired", "allowlist.updated"])
             old = hook.secret
             await sb.acontrol("event", type="order.expired")
-            await until(lambda: len(captured) == 1)
+            await aeventually(lambda: len(captured) == 1)
             rotated = await api.webhooks.rotate_secret(hook.id)
             new = rotated.secret
             assert old is not None and new is not None and old != new
             await api.allowlist.add("198.51.100.42/32", label="crawler")  # a real event
-            await until(lambda: len(captured) == 2)
+            await aeventually(lambda: len(captured) == 2)
             got_receipts = await receipts(api, hook.id)
     finally:
         await runner.cleanup()
@@ -212,7 +192,7 @@ async def test_non_loopback_endpoint_is_accepted_but_never_connected(
         hook = await api.webhooks.create("https://ops.example.com/hooks/nb", ["*"])
         await sb.acontrol("event", type="usage.threshold.80")
 
-        first = await until_async(lambda: receipts(api, hook.id))
+        first = await aeventually(lambda: receipts(api, hook.id))
         assert len(first) == 1 and not first[0].ok and first[0].status is None
         assert "loopback" in (first[0].error or "")
         await sb.acontrol("clock", advance=31)
@@ -221,7 +201,7 @@ async def test_non_loopback_endpoint_is_accepted_but_never_connected(
             got = await receipts(api, hook.id)
             return got if len(got) == 2 else None
 
-        second = (await until_async(two))[1]
+        second = (await aeventually(two))[1]
         assert not second.ok and second.attempt == 2
     assert not any("example.com" in h for h in looked_up)
     assert sb.deliverer._session is None  # no HTTP client was ever needed
