@@ -24,7 +24,6 @@ from proxaro_scrape.webhooks import parse_event
 
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=timezone.utc)
 SEC = timedelta(seconds=1)
-CAP = 25 * 1024**3
 U100 = "usage.threshold.100"
 U80 = "usage.threshold.80"
 ROT = "credentials.rotated"
@@ -33,14 +32,13 @@ ROT = "credentials.rotated"
 def usage(
     period: str | None = "2026-04",
     created: datetime | None = NOW - timedelta(minutes=1),
-    cap: int | None = CAP,
     type_: str = U100,
 ) -> EventFacts:
-    return EventFacts(type_, created, period, cap)
+    return EventFacts(type_, created, period)
 
 
 def rotated(rotated_at: datetime | None, created: datetime | None = None) -> EventFacts:
-    return EventFacts(ROT, created or rotated_at or NOW, None, None, rotated_at)
+    return EventFacts(ROT, created or rotated_at or NOW, None, rotated_at)
 
 
 def state(**kw: Any) -> EventState:
@@ -71,11 +69,6 @@ CASES: list[tuple[str, EventFacts, EventState, bool, str]] = [
     ("no read yet", usage(created=READ_AT - SEC), state(), True, "current"),
     ("no created_at, read known", usage(created=None), state(usage_read_at=READ_AT), True,
      "current"),
-    # --- the cap the event is about, against the cap known now (the plan grew: stale)
-    ("smaller cap than now", usage(cap=CAP - 1), state(cap_bytes=CAP), False, "smaller_cap"),
-    ("same cap", usage(cap=CAP), state(cap_bytes=CAP), True, "current"),
-    ("bigger cap (not read yet)", usage(cap=CAP + 1), state(cap_bytes=CAP), True, "current"),
-    ("cap not known here", usage(cap=CAP), state(cap_bytes=None), True, "current"),
     # --- age: Proxaro retries for 24 h (+ skew); older is a replay, whatever the type
     ("exactly the max age", usage(created=NOW - MAX_EVENT_AGE), state(), True, "current"),
     ("1 s past the max age", usage(created=NOW - MAX_EVENT_AGE - SEC), state(), False,
@@ -187,27 +180,25 @@ def test_a_burst_of_replayed_rotations_costs_one_refresh() -> None:
     c = Clocks()
     gate = c.gate()
     old = rotation(NOW - timedelta(hours=3))
-    verdicts = [gate.admit(old, credentials_version=1, cap_bytes=None) for _ in range(50)]
+    verdicts = [gate.admit(old, credentials_version=1) for _ in range(50)]
     assert [v.reason for v in verdicts] == ["current"] + ["not_newer"] * 49
     # Older ones still, in any order: never newer than the one acted on.
     for hours in (5, 4, 3.5):
         older = rotation(NOW - timedelta(hours=hours))
-        assert gate.admit(older, credentials_version=1, cap_bytes=None).reason == "not_newer"
+        assert gate.admit(older, credentials_version=1).reason == "not_newer"
 
 
 def test_distinct_rotations_in_a_burst_share_the_pending_refresh() -> None:
     c = Clocks()
     gate = c.gate()
     reasons = [
-        gate.admit(
-            rotation(NOW - timedelta(minutes=m)), credentials_version=1, cap_bytes=None
-        ).reason
+        gate.admit(rotation(NOW - timedelta(minutes=m)), credentials_version=1).reason
         for m in (30, 20, 10)  # each newer than the last
     ]
     assert reasons == ["current", "refresh_pending", "refresh_pending"]
     # The newest is remembered even though refused: its replay later is not newer.
     c.mono += REFRESH_PENDING_SECONDS + 1
-    again = gate.admit(rotation(NOW - timedelta(minutes=10)), credentials_version=1, cap_bytes=None)
+    again = gate.admit(rotation(NOW - timedelta(minutes=10)), credentials_version=1)
     assert again.reason == "not_newer"
 
 
@@ -222,42 +213,42 @@ def test_distinct_rotations_in_a_burst_share_the_pending_refresh() -> None:
 def test_the_pending_refresh_ends(after: float, version: int, reason: str) -> None:
     c = Clocks()
     gate = c.gate()
-    assert gate.admit(rotation(NOW - timedelta(minutes=2)), credentials_version=1, cap_bytes=None)
+    assert gate.admit(rotation(NOW - timedelta(minutes=2)), credentials_version=1)
     c.mono += after
     newer = rotation(NOW - timedelta(minutes=1))
-    assert gate.admit(newer, credentials_version=version, cap_bytes=None).reason == reason
+    assert gate.admit(newer, credentials_version=version).reason == reason
 
 
 def test_a_usage_reading_between_two_events_makes_the_first_stale() -> None:
     c = Clocks()
     gate = c.gate()
     first = usage(created=NOW - SEC)
-    assert gate.admit(first, credentials_version=1, cap_bytes=CAP, usage_polls=1)
+    assert gate.admit(first, credentials_version=1, usage_polls=1)
     c.wall_now += 60
     # No reading since: a replay of the first still applies (nothing newer is known).
-    assert gate.admit(first, credentials_version=1, cap_bytes=CAP, usage_polls=1)
+    assert gate.admit(first, credentials_version=1, usage_polls=1)
     c.wall_now += 60
     # A reading happened (the count moved): it is later than the previous look, so than `first`.
-    stale = gate.admit(first, credentials_version=1, cap_bytes=CAP, usage_polls=2)
+    stale = gate.admit(first, credentials_version=1, usage_polls=2)
     assert stale.reason == "older_than_usage_read"
     fresh = usage(created=NOW + timedelta(seconds=119))
-    assert gate.admit(fresh, credentials_version=1, cap_bytes=CAP, usage_polls=2)
+    assert gate.admit(fresh, credentials_version=1, usage_polls=2)
 
 
 def test_a_credentials_fetch_between_two_events_makes_older_rotations_stale() -> None:
     c = Clocks()
     gate = c.gate()
     allowlist = EventFacts("allowlist.updated", NOW)
-    assert gate.admit(allowlist, credentials_version=1, cap_bytes=None, credential_fetches=1)
+    assert gate.admit(allowlist, credentials_version=1, credential_fetches=1)
     looked = NOW
     c.wall_now += 600
     # A poll fetched the credentials since (the count moved): they reflect every rotation
     # before the previous look, whatever the gate remembers of rotation events (nothing here).
     old = rotation(looked - SEC)
-    verdict = gate.admit(old, credentials_version=1, cap_bytes=None, credential_fetches=2)
+    verdict = gate.admit(old, credentials_version=1, credential_fetches=2)
     assert verdict.reason == "older_than_credentials"
     newer = rotation(looked + SEC)  # maybe after that fetch: acted on
-    assert gate.admit(newer, credentials_version=1, cap_bytes=None, credential_fetches=2)
+    assert gate.admit(newer, credentials_version=1, credential_fetches=2)
 
 
 def test_readings_can_be_noted_explicitly() -> None:
@@ -265,8 +256,8 @@ def test_readings_can_be_noted_explicitly() -> None:
     gate = c.gate()
     gate.note_read("usage", READ_AT)
     gate.note_read("usage", READ_AT - timedelta(hours=1))  # an older one never moves it back
-    assert gate.admit(
-        usage(created=READ_AT - SEC), credentials_version=1, cap_bytes=None
-    ).reason == ("older_than_usage_read")
-    assert gate.admit(usage(created=READ_AT), credentials_version=1, cap_bytes=None)
+    assert gate.admit(usage(created=READ_AT - SEC), credentials_version=1).reason == (
+        "older_than_usage_read"
+    )
+    assert gate.admit(usage(created=READ_AT), credentials_version=1)
     assert "EventGate" in repr(gate)

@@ -11,8 +11,7 @@ event is about the state the manager is in:
 - ``usage.threshold.*`` applies only to the current billing period (a calendar month,
   ``YYYY-MM``, as ``GET /v1/usage?period=`` names them): one about a past period, or a future
   one, never stops routing; nor does one created before the manager's last usage reading
-  (the reading is newer news), or one about a smaller cap than the one the manager knows
-  (the plan grew since);
+  (the reading is newer news: after a plan upgrade, say);
 - ``credentials.rotated`` applies only if it is newer than the newest rotation already acted on
   and than the manager's last fetch of the credentials, and not while the refresh a previous
   event asked for is still pending: a burst of replays costs at most one refresh.  A refresh
@@ -78,7 +77,6 @@ class EventFacts:
     type: str | None
     created_at: datetime | None = None
     period: str | None = None
-    cap_bytes: int | None = None
     rotated_at: datetime | None = None
 
 
@@ -88,7 +86,7 @@ class EventState:
 
     ``now`` is wall-clock UTC; ``period`` the current billing period (``YYYY-MM``);
     ``usage_read_at`` when the manager last read ``GET /v1/usage`` (``None``: not known);
-    ``cap_bytes`` the plan's cap as last known; ``rotated_at`` the newest rotation acted on;
+    ``rotated_at`` the newest rotation acted on;
     ``refresh_pending`` whether a refresh an event asked for has not finished yet;
     ``credentials_read_at`` when the manager last fetched ``GET /v1/credentials`` (whatever it
     holds reflects every rotation before that).
@@ -97,7 +95,6 @@ class EventState:
     now: datetime
     period: str
     usage_read_at: datetime | None = None
-    cap_bytes: int | None = None
     rotated_at: datetime | None = None
     refresh_pending: bool = False
     credentials_read_at: datetime | None = None
@@ -118,7 +115,7 @@ def event_applies(event: EventFacts, state: EventState) -> Verdict:
     """Should the manager act on ``event``, given ``state``?  Pure: see the module docstring.
 
     Reasons: ``"current"`` (applies), ``"too_old"``, ``"bad_period"``, ``"past_period"``,
-    ``"future_period"``, ``"older_than_usage_read"``, ``"smaller_cap"``, ``"not_newer"``,
+    ``"future_period"``, ``"older_than_usage_read"``, ``"not_newer"``,
     ``"older_than_credentials"``, ``"refresh_pending"``.  What the event does not say (no
     ``created_at``, no period) is not held against it: a hand-made ``{"type": ..., "data": {}}``
     still applies.
@@ -136,9 +133,6 @@ def event_applies(event: EventFacts, state: EventState) -> Verdict:
         if created is not None and state.usage_read_at is not None:
             if created < state.usage_read_at:
                 return Verdict(False, "older_than_usage_read")
-        if event.cap_bytes is not None and state.cap_bytes is not None:
-            if event.cap_bytes < state.cap_bytes:
-                return Verdict(False, "smaller_cap")
     elif event.type == "credentials.rotated":
         rotated = event.rotated_at or created
         if rotated is not None and state.rotated_at is not None and rotated <= state.rotated_at:
@@ -168,15 +162,12 @@ def facts_of(event: Any) -> tuple[EventFacts, Any, Any]:
     created_at = _moment(created)
     fields: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
     period: str | None = None
-    cap: int | None = None
     rotated: datetime | None = None
     if isinstance(etype, str) and etype.startswith(_USAGE_PREFIX):
         period = _period(fields, created_at)
-        raw_cap = fields.get("cap_bytes")
-        cap = raw_cap if isinstance(raw_cap, int) and not isinstance(raw_cap, bool) else None
     elif etype == "credentials.rotated":
         rotated = _moment(fields.get("rotated_at"))
-    facts = EventFacts(etype if isinstance(etype, str) else None, created_at, period, cap, rotated)
+    facts = EventFacts(etype if isinstance(etype, str) else None, created_at, period, rotated)
     return facts, etype, data
 
 
@@ -252,7 +243,6 @@ class EventGate:
         facts: EventFacts,
         *,
         credentials_version: int,
-        cap_bytes: int | None,
         usage_polls: int | None = None,
         credential_fetches: int | None = None,
     ) -> Verdict:
@@ -281,7 +271,6 @@ class EventGate:
                 now,
                 period_of(now),
                 usage_read_at=self._read_at.get("usage"),
-                cap_bytes=cap_bytes,
                 rotated_at=self._rotated_at,
                 refresh_pending=pending,
                 credentials_read_at=self._read_at.get("credentials"),
@@ -321,7 +310,6 @@ def admit_event(manager: Any, event: Any) -> tuple[Any, Any] | None:
     verdict = gate_for(manager).admit(
         facts,
         credentials_version=manager.core.creds.version,
-        cap_bytes=manager.core.usage.cap_bytes,
         usage_polls=counts.get("usage_polls"),
         credential_fetches=counts.get("credential_refreshes"),
     )
