@@ -54,6 +54,7 @@ from typing import Any, Literal, get_args
 try:
     from playwright.async_api import Browser, BrowserContext, Page, Playwright, Response
     from playwright.async_api import Error as PlaywrightError
+    from playwright.async_api import Request as PlaywrightRequest
     from playwright.async_api import Route as PlaywrightRoute
 except ImportError as _exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
@@ -78,6 +79,7 @@ from ._playwright_edge import (
     ContextSlots,
     Slot,
     context_proxy,
+    is_heavy,
     observe_navigation_error,
 )
 
@@ -87,6 +89,7 @@ __all__ = [
     "BrowserPage",
     "ProxaroBrowser",
     "find_chromium",
+    "is_heavy_request",
     "launch_chromium",
 ]
 
@@ -111,6 +114,13 @@ _INSTALL_HINT = (
 
 WaitUntil = Literal["commit", "domcontentloaded", "load", "networkidle"]
 _Key = tuple[str, int]  # (gateway username, credentials version)
+
+
+def is_heavy_request(request: PlaywrightRequest) -> bool:
+    """Is ``request`` an image, a font or media?  The bandwidth saver's rule, for
+    scrapy-playwright: ``PLAYWRIGHT_ABORT_REQUEST =
+    "proxaro_scrape.integrations.playwright.is_heavy_request"``."""
+    return is_heavy(request.resource_type)
 
 
 class BrowserNotFoundError(ConfigurationError):

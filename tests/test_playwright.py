@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +35,7 @@ from proxaro_scrape.integrations.playwright import (  # noqa: E402
     BrowserPage,
     ProxaroBrowser,
     find_chromium,
+    is_heavy_request,
     launch_chromium,
 )
 
@@ -96,6 +102,16 @@ def test_a_missing_chromium_says_what_to_install(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(BrowserNotFoundError) as info:
         find_chromium()
     assert "apt-get install chromium" in str(info.value)
+
+
+def test_the_saver_rule_for_scrapy_playwright() -> None:
+    class Req:
+        def __init__(self, kind: str) -> None:
+            self.resource_type = kind
+
+    heavy = [k for k in ("document", "script", "fetch", "xhr", "stylesheet", "image", "font",
+                         "media") if is_heavy_request(Req(k))]  # type: ignore[arg-type]  # fmt: skip
+    assert heavy == ["image", "font", "media"]
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -331,3 +347,25 @@ async def test_arguments_are_checked(sandbox: Sandbox) -> None:
                     ProxaroBrowser(mgr, object())  # type: ignore[arg-type]
             finally:
                 await browser.close()
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_the_example_runs_against_a_sandbox() -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXARO_")}
+    done = subprocess.run(
+        [sys.executable, str(examples / "playwright_example.py")],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+        cwd=examples.parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "local sandbox" in out
+    for country in ("us", "de", "jp"):
+        assert re.search(rf"^country={country}\s+200\s+exit \S+ country={country}\b", out, re.M)
+    assert "rendered by script: '" in out
+    assert "the fetch left through the page's exit: yes" in out
