@@ -291,12 +291,14 @@ _GATES: weakref.WeakKeyDictionary[Any, EventGate] = weakref.WeakKeyDictionary()
 _GATES_LOCK = threading.Lock()
 
 
-def gate_for(manager: Any) -> EventGate:
-    """The :class:`EventGate` of ``manager`` (made at its first event; gone with it)."""
+def gate_for(core: Any) -> EventGate:
+    """The :class:`EventGate` of a manager's routing ``core`` (made when first asked for; gone
+    with the core).  Keyed by the core so that the background jobs, which hold the core, can
+    tell it of their readings: ``gate_for(core).note_read("usage")``."""
     with _GATES_LOCK:
-        gate = _GATES.get(manager)
+        gate = _GATES.get(core)
         if gate is None:
-            gate = _GATES[manager] = EventGate()
+            gate = _GATES[core] = EventGate()
         return gate
 
 
@@ -307,7 +309,7 @@ def admit_event(manager: Any, event: Any) -> tuple[Any, Any] | None:
     """
     facts, etype, data = facts_of(event)
     counts = manager.stats()
-    verdict = gate_for(manager).admit(
+    verdict = gate_for(manager.core).admit(
         facts,
         credentials_version=manager.core.creds.version,
         usage_polls=counts.get("usage_polls"),
