@@ -17,6 +17,7 @@ explicit failures, each id ended once, no bare exception, no hang, no misdeliver
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -32,6 +33,7 @@ import httpx
 from proxaro_scrape import ProxaroError
 from proxaro_scrape.sandbox import Sandbox
 from tests._stack_drivers import UNSET
+from tests._support import aeventually
 
 #: A request that has not ended after this long is a hang (the drivers' own timeouts are 15 s).
 HANG_SECONDS = 20.0
@@ -322,14 +324,15 @@ def open_tcp_to(port: int) -> int:
     return count
 
 
-async def settle(probe: Callable[[], int], want: int = 0, timeout: float = 5.0) -> int:
-    """Poll ``probe()`` until it returns ``want`` (closing is asynchronous); its last value."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while value != want and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        value = probe()
-    return value
+async def settle(probe: Callable[[], int], want: int = 0) -> int:
+    """Wait until ``probe()`` returns ``want`` (closing is asynchronous); its last value.
+
+    Within :func:`~tests._support.aeventually`'s failure bound; a value, not an assertion, so
+    that the caller's report carries the figure either way.
+    """
+    with contextlib.suppress(AssertionError):
+        await aeventually(lambda: probe() == want, interval=0.05)
+    return probe()
 
 
 def next_ids() -> Callable[[], int]:

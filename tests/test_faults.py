@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ from proxaro_scrape.gateway._pool import PoolView, asn_from_model, country_from_
 from proxaro_scrape.gateway.edge import Failure, observe_failure
 from proxaro_scrape.sandbox import Sandbox
 from tests._stack_drivers import DRIVERS, Driver
+from tests._support import aeventually
 from tests._traffic import (
     Plan,
     Tally,
@@ -140,12 +140,15 @@ async def close_clients(clients: dict[str, Any]) -> None:
     await clients["async_client"].aclose()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
+async def wait_for(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
+    """Whether ``predicate`` comes to hold (within :func:`aeventually`'s failure bound).
+
+    A bool, not an assertion, so that the scenario's report still carries every figure.
+    """
+    try:
+        await aeventually(predicate)
+    except AssertionError:
+        return False
     return True
 
 
@@ -172,9 +175,9 @@ async def test_api_storm_while_credentials_and_pool_refresh(
         await sb.acontrol("faults", statuses=storm)
         await sb.acontrol("rotate")  # the default 60 s grace: the old password keeps serving
         run.traffic.phase = "storm"
-        drained = await wait_for_storm(sb, 8.0)
+        drained = await wait_for_storm(sb)
         run.notes["storm_drained"] = drained
-        picked = await wait_for(lambda: run.stats["credentials_version"] > version, 5.0)
+        picked = await wait_for(lambda: run.stats["credentials_version"] > version)
         run.notes["rotation_picked_up"] = picked
         await run.phase("after", 0.2)
 
@@ -199,13 +202,13 @@ async def test_api_storm_while_credentials_and_pool_refresh(
     assert stats["rotations"] == 1
 
 
-async def wait_for_storm(sb: Sandbox, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while (await sb.acontrol("faults"))["statuses"]:
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+async def wait_for_storm(sb: Sandbox) -> bool:
+    """Whether the sandbox's fault queue drains (every injected fault met by a request)."""
+
+    async def drained() -> bool:
+        return not (await sb.acontrol("faults"))["statuses"]
+
+    return await wait_for(drained)
 
 
 # ---------------------------------------------------------------------------- pool health
@@ -275,13 +278,13 @@ async def test_degraded_asn(stack: str, sandbox: Sandbox, record_property: Any) 
         run.traffic.phase = "degraded"
         # Until the pool view shows it (pool_ttl, at most one refresh a second), the gateway
         # fails half of the requests pinned to it; retries on new exits absorb most.
-        run.notes["pool_view_saw_degraded"] = await wait_for(seen_as("degraded", run), 3.0)
+        run.notes["pool_view_saw_degraded"] = await wait_for(seen_as("degraded", run))
         failovers = run.stats.get("failovers", 0)
         await run.phase("degraded_known", 0.3)
         run.notes["failovers_once_known"] = run.stats.get("failovers", 0) - failovers
         await sb.acontrol("asn", asn=asn.asn, pool_health="healthy")
         run.traffic.phase = "healing"
-        run.notes["pool_view_saw_healthy"] = await wait_for(seen_as("healthy", run), 3.0)
+        run.notes["pool_view_saw_healthy"] = await wait_for(seen_as("healthy", run))
         await run.phase("healthy_again", 0.2)
 
     run, tally, stats = await scenario(
@@ -517,7 +520,6 @@ async def test_webhooks_duplicated_reordered_forged_replayed(
                 await sb.acontrol("rotate")
                 second = body_of(-1)
                 run.traffic.phase = "rotations"
-                t0 = time.monotonic()
                 await deliver(c, "second", second, compute_signature(second, secret))
                 await deliver(c, "first", first, compute_signature(first, secret))
                 await deliver(c, "second_again", second, compute_signature(second, secret))
@@ -527,9 +529,7 @@ async def test_webhooks_duplicated_reordered_forged_replayed(
                         and mgr.credentials is not None
                         and mgr.credentials.password == sb.world.credentials.password
                     ),
-                    2.0,
                 )
-                run.notes["new_password_in_use_after_s"] = round(time.monotonic() - t0, 3)
                 run.notes["picked_up"] = picked
                 await run.phase("rotations", 0.3)
                 # Replayed: the first rotation's delivery, byte for byte, later on.
@@ -542,10 +542,17 @@ async def test_webhooks_duplicated_reordered_forged_replayed(
         run.notes["receiver"] = receiver.stats()
 
     run, tally, stats = await scenario(
-        stack, sb, record_property, "webhooks", script, usage_cap_action="stop"
+        stack,
+        sb,
+        record_property,
+        "webhooks",
+        script,
+        usage_cap_action="stop",
+        # The poll is an hour away: only the webhooks can bring the new password.
+        credentials_poll_interval=3600,
     )
     assert sum(tally.failures.values()) == 0, tally.samples
-    assert run.notes["picked_up"] and run.notes["new_password_in_use_after_s"] < 1.0
+    assert run.notes["picked_up"]
     answers = {what: (status, dup) for what, status, dup in statuses}
     assert answers["forged"][0] == answers["tampered"][0] == answers["unsigned"][0] == 400
     assert answers["second"] == (200, False) and answers["first"] == (200, False)

@@ -8,7 +8,6 @@ demo shop run on loopback, and the figures asserted come from the sandbox's own 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +17,7 @@ import pytest
 from proxaro_scrape import AttemptsExhaustedError, RequestNotReplayableError, TargetError
 from proxaro_scrape.sandbox import Sandbox
 from tests._stack_drivers import DRIVERS, STREAM, STREAM_BYTES, Driver, Reply
+from tests._support import aeventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -141,13 +141,13 @@ async def test_region_down_fails_over_then_recovers(stack: Driver) -> None:
         assert drv.manager.stats()["failovers"] >= 1
         await sb.acontrol("country", code="de", pool_health="healthy")
         for base in bases(sb):
-            deadline = time.monotonic() + 5
-            while True:
-                r = await drv.get(f"{base}/ip", target={"country": "de"})
-                if r.json()["country"] == "de":
-                    break
-                assert time.monotonic() < deadline, f"{base}: de never came back"
-                await asyncio.sleep(0.1)
+            url = f"{base}/ip"
+
+            async def de_is_back() -> bool:
+                r = await drv.get(url, target={"country": "de"})
+                return bool(r.json()["country"] == "de")
+
+            await aeventually(de_is_back, interval=0.1, message=f"{base}: de never came back")
 
 
 async def test_budget_spent_raises_the_manager_error(stack: Driver) -> None:
@@ -191,14 +191,15 @@ async def test_rotation_under_concurrent_load_fails_nothing(stack: Driver) -> No
     sb = stack.sb
     await sb.acontrol("grace", seconds=0.3)
     async with stack.opened() as drv:
-        assert drv.manager is not None
+        manager = drv.manager
+        assert manager is not None
         failures: list[BaseException | int] = []
-        stop_at = [float("inf")]
+        stop = asyncio.Event()
         done = [0]
 
         async def worker(i: int) -> None:
             n = 0
-            while time.monotonic() < stop_at[0] and n < 200:
+            while not stop.is_set() and n < 200:
                 base = sb.site_https_url if (i + n) % 3 == 0 else sb.site_url
                 country = ("us", "de", "fr", "gb")[(i + n) % 4]
                 try:
@@ -211,15 +212,21 @@ async def test_rotation_under_concurrent_load_fails_nothing(stack: Driver) -> No
                 done[0] += 1
 
         workers = [asyncio.create_task(worker(i)) for i in range(6)]
-        while done[0] < 30:  # noqa: ASYNC110 - polling a counter the workers bump
-            await asyncio.sleep(0.02)
+        await aeventually(lambda: done[0] >= 30)
         await sb.acontrol("rotate")
-        stop_at[0] = time.monotonic() + 1.5
+        # The grace ends in world time, not after however long a loaded machine takes.
+        await sb.acontrol("clock", advance=1)
+        rotated_at = done[0]
+        await aeventually(
+            lambda: manager.stats().get("rotations") == 1 and done[0] >= rotated_at + 30,
+            message=lambda: f"rotations {manager.stats().get('rotations')}, {done[0]} requests",
+        )
+        stop.set()
         await asyncio.gather(*workers)
         assert failures == []
         seen = await counters(sb)
         assert seen.get("gateway.errors:auth_failed", 0) >= 1  # the old password was refused
-        assert drv.manager.stats()["rotations"] == 1
+        assert manager.stats()["rotations"] == 1
 
 
 # ---------------------------------------------------------------------------- secrets
