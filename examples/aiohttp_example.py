@@ -9,9 +9,9 @@ import asyncio
 
 import aiohttp
 from _demo import proxaro, show
-from proxaro_scrape.integrations.aiohttp import ProxaroMiddleware, exit_of
 
 from proxaro_scrape import GatewayManager
+from proxaro_scrape.integrations.aiohttp import ProxaroMiddleware, exit_of
 
 
 async def run(api_key: str, base_url: str | None, url: str) -> None:

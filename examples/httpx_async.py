@@ -9,9 +9,9 @@ import asyncio
 
 import httpx
 from _demo import proxaro, show
-from proxaro_scrape.integrations.httpx import AsyncProxaroTransport, exit_of
 
 from proxaro_scrape import GatewayManager
+from proxaro_scrape.integrations.httpx import AsyncProxaroTransport, exit_of
 
 
 async def run(api_key: str, base_url: str | None, url: str) -> None:

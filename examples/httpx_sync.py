@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import httpx
 from _demo import proxaro, show
-from proxaro_scrape.integrations.httpx import ProxaroTransport, exit_of
 
 from proxaro_scrape import GatewayManager
+from proxaro_scrape.integrations.httpx import ProxaroTransport, exit_of
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ python examples/requests_example.py
 from __future__ import annotations
 
 from _demo import proxaro, show
-from proxaro_scrape.integrations.requests import ProxaroSession, exit_of
 
 from proxaro_scrape import GatewayManager
+from proxaro_scrape.integrations.requests import ProxaroSession, exit_of
 
 
 def main() -> None:

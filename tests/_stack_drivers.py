@@ -21,13 +21,13 @@ from typing import Any
 
 import aiohttp
 import httpx
-from proxaro_scrape.integrations import aiohttp as px_aiohttp
-from proxaro_scrape.integrations import httpx as px_httpx
-from proxaro_scrape.integrations import requests as px_requests
-from proxaro_scrape.gateway.edge import UNSET as PX_UNSET
 
 from proxaro_scrape import GatewayManager
 from proxaro_scrape.gateway import ExitInfo
+from proxaro_scrape.gateway.edge import UNSET as PX_UNSET
+from proxaro_scrape.integrations import aiohttp as px_aiohttp
+from proxaro_scrape.integrations import httpx as px_httpx
+from proxaro_scrape.integrations import requests as px_requests
 from proxaro_scrape.sandbox import Sandbox
 
 UNSET: Any = object()
