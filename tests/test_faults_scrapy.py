@@ -126,8 +126,15 @@ async def test_scrapy_api_storm_while_credentials_and_pool_refresh(
             await sleep(0.1)
         notes["storm_drained"] = time.monotonic() < deadline
         spider.phase = "after"
-        # The next successful poll (at most one a second after a success) picks the rotation up.
-        await sleep(1.5)
+        # The next successful poll (at most one a second after a success) picks the rotation
+        # up: wait for it (a loaded machine may take longer than a fixed sleep), then a little
+        # traffic on the new credentials.
+        assert spider.crawler is not None
+        mgr = manager_of(spider.crawler)
+        notes["rotation_seen"] = await wait_until(
+            lambda: mgr.stats().get("rotations", 0) >= 1, 15.0
+        )
+        await sleep(0.3)
 
     settings = settings_for(
         sb,
@@ -141,6 +148,6 @@ async def test_scrapy_api_storm_while_credentials_and_pool_refresh(
     report(record_property, "api_storm/scrapy", traffic=spider.figures(), stats=stats, **notes)
     spider.check()
     # Every fault was met by the background refreshes (the queue drained), none by requests.
-    assert notes["storm_drained"]
+    assert notes["storm_drained"] and notes["rotation_seen"]
     assert sum(spider.failures.values()) == 0, spider.samples
     assert stats["proxaro/rotations"] == 1  # picked up once the storm was over

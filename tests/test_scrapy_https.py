@@ -20,7 +20,11 @@ import scrapy
 from scrapy.crawler import Crawler, CrawlerRunner
 
 from proxaro_scrape.errors import ConfigurationError
-from proxaro_scrape.integrations.scrapy import ProxaroAddon, ProxaroDownloadHandler
+from proxaro_scrape.integrations.scrapy import (
+    ProxaroAddon,
+    ProxaroDownloaderMiddleware,
+    ProxaroDownloadHandler,
+)
 from proxaro_scrape.sandbox import Sandbox
 
 EXAMPLE = str(Path(__file__).resolve().parent.parent / "examples" / "scrapy_shop")
@@ -151,18 +155,29 @@ async def test_the_exit_is_named_over_https_through_every_kept_alive_tunnel(
     assert sandbox.world.counters["gateway.tunnels"] < 24  # connections were reused
 
 
-def test_the_addon_installs_the_handler_for_https_only_where_scrapys_own_is() -> None:
+def test_the_addon_installs_the_handler_only_where_scrapys_own_is() -> None:
     from scrapy.utils.test import get_crawler
 
     crawler = get_crawler(settings_dict={"ADDONS": {ProxaroAddon: 0}})
     handlers = crawler.settings.getwithbase("DOWNLOAD_HANDLERS")
     assert handlers["https"] is ProxaroDownloadHandler
-    assert "http11" in str(handlers["http"])  # plain HTTP needs no CONNECT answer
+    assert handlers["http"] is ProxaroDownloadHandler  # it takes the credentials off, too
     mine = "scrapy.core.downloader.handlers.http2.H2DownloadHandler"
     crawler = get_crawler(
         settings_dict={"ADDONS": {ProxaroAddon: 0}, "DOWNLOAD_HANDLERS": {"https": mine}}
     )
-    assert crawler.settings.getwithbase("DOWNLOAD_HANDLERS")["https"] == mine
+    handlers = crawler.settings.getwithbase("DOWNLOAD_HANDLERS")
+    assert handlers["https"] == mine and handlers["http"] is ProxaroDownloadHandler
+    # Then the middleware takes the credentials off what is scheduled instead.
+    crawler = get_crawler(
+        settings_dict={
+            "ADDONS": {ProxaroAddon: 0},
+            "DOWNLOAD_HANDLERS": {"https": mine},
+            "PROXARO_API_KEY": "proxaro_test_" + "0" * 32,
+        }
+    )
+    mw = ProxaroDownloaderMiddleware.from_crawler(crawler)
+    assert not mw._handler_strips
 
 
 @pytest_twisted.ensureDeferred

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
-from scrapy.utils.misc import load_object
 
-from ._handler import SUPPORTED, ProxaroDownloadHandler
+from ._handler import ProxaroDownloadHandler, handler_of
 from ._middleware import MIDDLEWARE_PRIORITY, ProxaroDownloaderMiddleware
 
 if TYPE_CHECKING:
@@ -21,26 +20,23 @@ class ProxaroAddon:
 
     - installs :class:`ProxaroDownloaderMiddleware` at :data:`MIDDLEWARE_PRIORITY` (unless it
       is already listed with a priority of your choice);
-    - installs :class:`ProxaroDownloadHandler` for ``https`` where that scheme uses Scrapy's
-      own HTTP/1.1 handler (a handler you chose is kept): it reads the gateway's answer to
-      each CONNECT, so that ``meta["proxaro_exit"]`` names the exit over HTTPS too and a
-      refused tunnel is classified by the gateway's own ``X-Proxaro-Error``;
+    - installs :class:`ProxaroDownloadHandler` for ``http`` and ``https`` where they use
+      Scrapy's own HTTP/1.1 handler (a handler you chose is kept): it reads the gateway's
+      answer to each CONNECT, so that ``meta["proxaro_exit"]`` names the exit over HTTPS too
+      and a refused tunnel is classified by the gateway's own ``X-Proxaro-Error``, and it
+      takes the credentials off each request once downloaded;
     - asks for the asyncio reactor where no one chose another (Scrapy's default since 2.7).
     """
 
     def update_settings(self, settings: BaseSettings) -> None:
-        """Add the middleware and the HTTPS download handler."""
+        """Add the middleware and the download handler."""
         settings.setdefault_in_component_priority_dict(  # type: ignore[attr-defined]
             "DOWNLOADER_MIDDLEWARES", ProxaroDownloaderMiddleware, MIDDLEWARE_PRIORITY
         )
-        current = settings.getwithbase("DOWNLOAD_HANDLERS").get("https")
-        try:
-            handler = load_object(current) if isinstance(current, str) else current
-        except (ImportError, NameError, ValueError):
-            return  # Scrapy will say what is wrong with it
-        if SUPPORTED and handler is HTTP11DownloadHandler:
-            # At add-on priority, inside the dict: an "https" handler set in settings.py wins.
-            settings["DOWNLOAD_HANDLERS"].set("https", ProxaroDownloadHandler, "addon")
+        for scheme in ("http", "https"):
+            if handler_of(settings, scheme) is HTTP11DownloadHandler:
+                # At add-on priority, inside the dict: a handler set in settings.py wins.
+                settings["DOWNLOAD_HANDLERS"].set(scheme, ProxaroDownloadHandler, "addon")
 
     @classmethod
     def update_pre_crawler_settings(cls, settings: BaseSettings) -> None:

@@ -14,12 +14,16 @@ come from the gateway (``gateway-protocol.md``, sections 3 and 4): the exit it c
 - an established tunnel remembers its CONNECT answer on its connection, and every response
   that comes through that tunnel (keep-alive reuses it) gets the answer's gateway headers in
   ``request.meta["_proxaro_connect"]`` as ``(status, ((name, value), ...))``: plain strings,
-  for the middleware to read once and drop.
+  for the middleware to read once and drop;
+- after every download, done or failed, the request loses its ``Proxy-Authorization`` header:
+  the credentials did their work on the wire, and whatever is built from the request later (a
+  redirect, a retry, a copy in a callback) goes to the scheduler without them.
 
 The subclasses are small and each overrides one method of Scrapy's private HTTP/1.1 classes
 (Scrapy >= 2.14).  On a Scrapy whose internals differ, :data:`SUPPORTED` is ``False`` and the
-add-on keeps Scrapy's own handler: requests still route, but ``meta["proxaro_exit"]`` is
-``None`` over HTTPS and a refused CONNECT is classified by its kind alone.
+handler downloads with Scrapy's own code: requests still route and lose their credentials after
+the download, but ``meta["proxaro_exit"]`` is ``None`` over HTTPS and a refused CONNECT is
+classified by its kind alone.
 """
 
 from __future__ import annotations
@@ -30,18 +34,27 @@ from typing import TYPE_CHECKING, Any
 from scrapy.core.downloader.handlers import http11
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler, TunnelError
 
-from proxaro_scrape.gateway.edge import gateway_pairs
+from proxaro_scrape.gateway.edge import PROXY_AUTHORIZATION, gateway_pairs
 
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
+    from scrapy.settings import BaseSettings
     from twisted.internet.protocol import Protocol
 
-__all__ = ["CONNECT_KEY", "SUPPORTED", "ProxaroDownloadHandler", "ProxaroTunnelError"]
+__all__ = [
+    "CONNECT_KEY",
+    "SUPPORTED",
+    "ProxaroDownloadHandler",
+    "ProxaroTunnelError",
+    "handler_of",
+    "handlers_strip_credentials",
+]
 
 logger = logging.getLogger(__name__)
 
+_PROXY_AUTHORIZATION = PROXY_AUTHORIZATION.encode("latin-1")
 #: The private meta key where a response through a tunnel carries its CONNECT answer.
 CONNECT_KEY = "_proxaro_connect"
 
@@ -87,6 +100,9 @@ def parse_connect_answer(head: bytes) -> ConnectAnswer | None:
 
 
 if SUPPORTED:
+    from scrapy.exceptions import ResponseDataLossError
+    from scrapy.utils._download_handlers import get_dataloss_msg, wrap_twisted_exceptions
+    from scrapy.utils.defer import maybe_deferred_to_future
 
     class _TunnelEndpoint(_Endpoint):  # type: ignore[misc,valid-type]
         """Scrapy's tunnelling endpoint, keeping the CONNECT answer."""
@@ -166,12 +182,25 @@ if SUPPORTED:
             return _ClientProtocol(self._quiescentCallback)
 
 
+def handler_of(settings: BaseSettings, scheme: str) -> Any:
+    """The download handler class ``settings`` give ``scheme`` (``None`` if none or unloadable)."""
+    from scrapy.utils.misc import load_object
+
+    current = settings.getwithbase("DOWNLOAD_HANDLERS").get(scheme)
+    try:
+        return load_object(current) if isinstance(current, str) else current
+    except (ImportError, NameError, ValueError, AttributeError):
+        return None  # Scrapy will say what is wrong with it
+
+
 class ProxaroDownloadHandler(HTTP11DownloadHandler):
     """Scrapy's HTTP/1.1 download handler that keeps the gateway's answer to each CONNECT.
 
-    The add-on installs it for ``https`` when that scheme uses Scrapy's default handler::
+    The add-on installs it for ``http`` and ``https`` where they use Scrapy's default
+    handler::
 
         DOWNLOAD_HANDLERS = {
+            "http": "proxaro_scrape.integrations.scrapy.ProxaroDownloadHandler",
             "https": "proxaro_scrape.integrations.scrapy.ProxaroDownloadHandler",
         }
 
@@ -184,15 +213,23 @@ class ProxaroDownloadHandler(HTTP11DownloadHandler):
             self._pool._factory = _ClientFactory
 
     async def download_request(self, request: Request) -> Response:
-        """Download ``request``; over a tunnel, the response's meta gets the CONNECT answer."""
-        if not SUPPORTED:  # pragma: no cover - another Scrapy's internals
-            return await super().download_request(request)
+        """Download ``request``; over a tunnel, the response's meta gets the CONNECT answer.
+
+        Whatever happens, the request leaves without ``Proxy-Authorization``: the credentials
+        did their work on the wire, and a request object that lives on (a redirect or a retry
+        built from it, ``response.request`` in a callback) must not carry them to the
+        scheduler, a JOBDIR or Redis.
+        """
+        try:
+            if not SUPPORTED:  # pragma: no cover - another Scrapy's internals
+                return await super().download_request(request)
+            return await self._download(request)
+        finally:
+            request.headers.pop(_PROXY_AUTHORIZATION, None)
+
+    async def _download(self, request: Request) -> Response:
         # HTTP11DownloadHandler.download_request, with this module's agent (Scrapy builds its
         # own by name there, so the method is repeated rather than extended).
-        from scrapy.exceptions import ResponseDataLossError
-        from scrapy.utils._download_handlers import get_dataloss_msg, wrap_twisted_exceptions
-        from scrapy.utils.defer import maybe_deferred_to_future
-
         spider = self._crawler.spider
         agent = _ScrapyAgent(
             contextFactory=self._contextFactory,
@@ -213,3 +250,12 @@ class ProxaroDownloadHandler(HTTP11DownloadHandler):
                 self._fail_on_dataloss_warned = True
             raise
         return response
+
+
+def handlers_strip_credentials(settings: BaseSettings) -> bool:
+    """Do both HTTP schemes download through :class:`ProxaroDownloadHandler` (which takes the
+    credentials off every request it downloads)?"""
+    return all(
+        isinstance(h, type) and issubclass(h, ProxaroDownloadHandler)
+        for h in (handler_of(settings, "http"), handler_of(settings, "https"))
+    )

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import IgnoreRequest, NotConfigured
-from scrapy.utils.httpobj import urlparse_cached
 
 from proxaro_scrape import AsyncProxaro, protocol
 from proxaro_scrape.errors import (
@@ -48,7 +47,7 @@ from proxaro_scrape.gateway.edge import (
 from . import _settings
 from ._failures import failure_of_scrapy, tunnel_answer
 from ._flights import Flight, Flights
-from ._handler import CONNECT_KEY
+from ._handler import CONNECT_KEY, handlers_strip_credentials
 from ._lifecycle import Lifecycle
 
 if TYPE_CHECKING:
@@ -151,6 +150,8 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         self.flights = Flights()
         self._is_ban = settings is not None and settings.config.is_ban is not None
         self._sticky_cookiejar = settings is not None and settings.sticky == "cookiejar"
+        #: ProxaroDownloadHandler downloads both schemes, and takes the credentials off.
+        self._handler_strips = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ProxaroDownloaderMiddleware:
@@ -179,7 +180,13 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         else:
             manager = GatewayManager(async_client=client, config=proxaro.config)
             mw = cls(crawler, manager, proxaro, client)
-            crawler.signals.connect(mw._request_scheduled, signal=signals.request_scheduled)
+            mw._handler_strips = handlers_strip_credentials(settings)
+            if not mw._handler_strips:
+                # Without our download handler, nothing takes Proxy-Authorization off the
+                # requests RedirectMiddleware (600) builds before we see their answer: catch
+                # every request of ours on its way to the scheduler instead (a signal handler
+                # per scheduled request; the handler's way costs nothing).
+                crawler.signals.connect(mw._request_scheduled, signal=signals.request_scheduled)
             crawler.signals.connect(mw._request_dropped, signal=signals.request_dropped)
         crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)
@@ -304,8 +311,9 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         if flight is None or not flight.pending:
             return response
         flight.pending = False
-        # The credentials did their work; the spider never needs to see them on its request.
-        request.headers.pop(_PROXY_AUTHORIZATION, None)
+        if not self._handler_strips:
+            # The credentials did their work; the spider never needs to see them.
+            request.headers.pop(_PROXY_AUTHORIZATION, None)
         rr = flight.rr
         tunnel = _tunnelled(request)
         connect_headers = connect[1] if connect else None
@@ -333,6 +341,9 @@ class ProxaroDownloaderMiddleware(Lifecycle):
             outcome = observe_answer(rr, status, gateway, tunnel=False)
         meta[EXIT_KEY] = outcome.exit
         meta["proxaro_route_target"] = flight.route.target
+        if outcome.ok:  # the common case, without the detour through decide()
+            self.flights.finish(fid)
+            return response
         return await self._next(request, fid, flight, outcome, response, None)
 
     async def process_exception(
@@ -346,7 +357,8 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         if flight is None or not flight.pending:
             return None
         flight.pending = False
-        request.headers.pop(_PROXY_AUTHORIZATION, None)
+        if not self._handler_strips:
+            request.headers.pop(_PROXY_AUTHORIZATION, None)
         failure = None if isinstance(exception, IgnoreRequest) else failure_of_scrapy(exception)
         if failure is None:
             # Not the gateway's business (dropped by a component, a cancelled download...):
@@ -445,8 +457,10 @@ class ProxaroDownloaderMiddleware(Lifecycle):
 
 
 def _tunnelled(request: Request) -> bool:
-    """Did the request go through a CONNECT tunnel?  Every proxied https:// request does."""
-    return urlparse_cached(request).scheme == "https"
+    """Did the request go through a CONNECT tunnel?  Every proxied https:// request does.
+
+    (Scrapy's URLs are normalised, scheme in lower case: a prefix test is enough.)"""
+    return request.url.startswith("https:")
 
 
 def _describe(outcome: Outcome) -> str:
