@@ -218,3 +218,54 @@ async def test_the_example_spider_names_every_exit_over_https(sandbox: Sandbox) 
     # Every page's exit named (from the CONNECT answers), in the three countries targeted.
     assert set(spider.pages_by_country) == {"de", "fr", "us"}
     assert len(spider.exit_ips) == 3  # sticky per (site, target)
+
+
+class Keep(Visit):
+    """Visit, keeping the requests the callbacks saw."""
+
+    name = "keep"
+    seen: list[scrapy.Request]
+
+    def _request(self, url: str) -> scrapy.Request:
+        # Redirects and RetryMiddleware's retries of the site's 500 are wanted here.
+        return scrapy.Request(url, callback=self.parse, errback=self.failed, dont_filter=True)
+
+    def parse(self, response: scrapy.http.Response) -> Iterator[scrapy.Request]:
+        self.seen = [*getattr(self, "seen", []), response.request]
+        yield from super().parse(response)
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_request_keeps_the_credentials_after_its_download(sandbox: Sandbox) -> None:
+    http, https = sandbox.site_url, sandbox.site_https_url
+    first = [
+        f"{http}/redirect?to={http}/ip%3Fvia=redirect",
+        f"{https}/redirect?to={https}/ip%3Fvia=tls-redirect",
+        f"{http}/status/500",  # RetryMiddleware's own retries of the site's answer
+        f"{https}/ip",
+    ]
+    runner = CrawlerRunner(
+        {
+            "ADDONS": {ProxaroAddon: 0},
+            "PROXARO_API_KEY": sandbox.api_key,
+            "PROXARO_BASE_URL": sandbox.api_url,
+            "TELNETCONSOLE_ENABLED": False,
+            "RETRY_TIMES": 1,
+        }
+    )
+    crawler = runner.create_crawler(Keep)
+    scheduled: list[scrapy.Request] = []
+
+    def on_scheduled(request: scrapy.Request, spider: Any = None) -> None:
+        scheduled.append(request)
+
+    # weak=False: pydispatcher holds receivers weakly, and this one is only a local.
+    crawler.signals.connect(on_scheduled, signal=scrapy.signals.request_scheduled, weak=False)
+    await runner.crawl(crawler, first=first, then=[])
+    spider = crawler.spider
+    assert isinstance(spider, Keep)
+    assert len(spider.seen) == 3 and list(spider.errors) == [f"{http}/status/500"]
+    assert len(scheduled) == 4 + 2 + 1  # and 2 redirects, 1 retry of the site's 500
+    for request in [*spider.seen, *scheduled]:
+        assert request.headers.get("Proxy-Authorization") is None, request
+        assert "@" not in str(request.meta.get("proxy") or "")
