@@ -114,6 +114,56 @@ def test_the_saver_rule_for_scrapy_playwright() -> None:
     assert heavy == ["image", "font", "media"]
 
 
+# ---------------------------------------------------------------------------- context slots
+
+
+async def test_context_slots_cap_lru_and_retire() -> None:
+    from proxaro_scrape.integrations._playwright_edge import ContextSlots
+
+    made: list[str] = []
+    closed: list[str] = []
+
+    async def close(value: str) -> None:
+        closed.append(value)
+
+    slots: ContextSlots[str, str] = ContextSlots(2, close)
+
+    def maker(key: str) -> Any:
+        async def make(generation: int) -> str:
+            made.append(f"{key}{generation}")
+            return f"{key}{generation}"
+
+        return make
+
+    a = await slots.acquire("a", maker("a"))
+    b = await slots.acquire("b", maker("b"))
+    assert (a.value, b.value, len(slots)) == ("a0", "b0", 2)
+    # Both in use: a third route waits rather than exceed the cap...
+    waiting = asyncio.ensure_future(slots.acquire("c", maker("c")))
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and len(slots) == 2
+    await slots.release(a)  # ...until one is idle: the least recently used idle one closes.
+    c = await asyncio.wait_for(waiting, 5)
+    assert c.value == "c0" and closed == ["a0"] and len(slots) == 2
+    # The same key shares its context; a retired one closes with its last user.
+    b2 = await slots.acquire("b", maker("b"))
+    assert b2 is b and b.users == 2
+    await slots.retire(b)
+    assert closed == ["a0"] and len(slots) == 2  # still in use: open, and counted
+    await slots.release(b)
+    await slots.release(b2)
+    assert closed == ["a0", "b0"] and len(slots) == 1
+    b3 = await slots.acquire("b", maker("b"))
+    assert b3.value == "b1"  # a new generation: a new context for the same route
+    await slots.release(b3)
+    await slots.release(c)
+    await slots.retire_where(lambda key: key == "c")
+    assert closed[-1] == "c0"
+    await slots.aclose()
+    assert sorted(closed) == ["a0", "b0", "b1", "c0"] and len(slots) == 0
+    assert slots.peak == 2 and made == ["a0", "b0", "c0", "b1"]
+
+
 # ---------------------------------------------------------------------------- rendering
 
 
