@@ -7,11 +7,14 @@ Enable it with the add-on (Scrapy >= 2.13, asyncio reactor, the default)::
     PROXARO_TARGET = {"country": "us"}          # every request exits in the US...
     PROXARO_STICKY = "domain"                   # ...through one exit per site while it works
 
-or list the middleware yourself, before ``HttpProxyMiddleware`` (750), and, to know the exit
-over HTTPS, the download handler::
+or list the middleware yourself, before ``HttpProxyMiddleware`` (750), and the download handler
+(it names the exit over HTTPS and takes the credentials off downloaded requests)::
 
     DOWNLOADER_MIDDLEWARES = {"proxaro_scrape.integrations.scrapy.ProxaroDownloaderMiddleware": 585}
-    DOWNLOAD_HANDLERS = {"https": "proxaro_scrape.integrations.scrapy.ProxaroDownloadHandler"}
+    DOWNLOAD_HANDLERS = {
+        "http": "proxaro_scrape.integrations.scrapy.ProxaroDownloadHandler",
+        "https": "proxaro_scrape.integrations.scrapy.ProxaroDownloadHandler",
+    }
 
 The API key comes from ``PROXARO_API_KEY`` (the setting, else the environment variable).
 
@@ -47,9 +50,12 @@ retrying cannot fix (``bad_targeting``, ``source_not_allowed``, ``scope_required
 routing state, which stays in the middleware and is forgotten when the request ends), so every
 request, retries included, passes Scrapy's disk queues (``JOBDIR``) and scrapy-redis.  A retry
 that comes back in another process (a resumed ``JOBDIR``, another worker) starts a new logical
-request there.  No request that goes back to the scheduler carries a secret: the middleware
-takes ``Proxy-Authorization`` and the proxy off every request of its own that is scheduled
-again (its retries, ``RedirectMiddleware``'s redirects, ``RetryMiddleware``'s retries).
+request there.  No request that goes back to the scheduler carries a secret: the add-on's
+:class:`ProxaroDownloadHandler` (for ``http`` and ``https``) takes ``Proxy-Authorization`` off
+each request once downloaded, so ``RedirectMiddleware``'s redirects, ``RetryMiddleware``'s
+retries and a callback's copies never carry it, and the middleware's own retries leave
+without it; with another download handler, the middleware strips every request of its own on
+its way to the scheduler instead.
 
 Public ``meta`` keys the middleware sets on a routed request: ``proxy`` (the gateway URL),
 ``proxaro_exit`` (the :class:`~proxaro_scrape.ExitInfo` of the answer, from the gateway's

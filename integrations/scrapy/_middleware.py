@@ -13,8 +13,11 @@ into scrapy-redis: a flight id (``meta["_proxaro_flight"]``, a string) names the
 request's live routing state, kept in :class:`._flights.Flights`.  No request that goes back
 to the scheduler carries a secret: the credentials are put on at download time
 (``HttpProxyMiddleware`` turns ``meta["proxy"]`` into ``Proxy-Authorization``) and taken off
-every request of ours the scheduler receives (the ``request_scheduled`` signal: our retries,
-``RedirectMiddleware``'s redirects, ``RetryMiddleware``'s retries, a spider's copies).
+once the request is downloaded, by :class:`~._handler.ProxaroDownloadHandler` (so the
+redirects ``RedirectMiddleware`` builds, ``RetryMiddleware``'s retries and a spider's copies
+never carry them), and off the retries the middleware makes.  Where another download handler
+serves ``http`` or ``https``, the middleware takes them off every request of its own that the
+scheduler receives instead (the ``request_scheduled`` signal).
 """
 
 from __future__ import annotations
