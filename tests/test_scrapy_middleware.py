@@ -377,3 +377,19 @@ def test_the_connect_answer_keeps_only_the_gateways_headers() -> None:
         (("X-Proxaro-Error", "no_exit"), ("X-Proxaro-Exit-Country", "de")),
     )
     assert parse_connect_answer(b"SSH-2.0-OpenSSH") is None
+
+
+def test_a_retry_through_scrapy_redis_encoding_holds_no_secret_and_routes_elsewhere() -> None:
+    queue_mod = pytest.importorskip("scrapy_redis.queue")
+    mw, _ = middleware()
+    spider = mw.crawler.spider
+    assert spider is not None
+    queue = queue_mod.PriorityQueue(None, spider, "proxaro:requests")  # no server: encoding only
+    request = send(mw, Request("https://shop.example/p/1", meta={"cookiejar": 1}))
+    retry = run(mw.process_response(request, answer(request, 429)))
+    data = queue._encode_request(retry)  # what scrapy-redis pushes to Redis (pickle)
+    assert_no_secret(data)
+    worker, _ = middleware()  # another worker of the fleet takes it
+    taken = send(worker, queue._decode_request(data))
+    assert run(worker.process_response(taken, answer(taken, 200))).status == 200
+    assert len(worker.flights) == 0
