@@ -59,12 +59,15 @@ class Traffic:
         rr = self.mgr.request(self.url)
         while True:
             route = rr.next_route()
+            # When the route was chosen (not when its answer came): what orders it against a
+            # switch of credentials.
+            routed = time.monotonic()
             try:
                 resp = await self._client(route.proxy_url).get(self.url)
             except Exception as exc:
                 outcome = rr.observe(exception=exc)
             else:
-                self.sent.append((time.monotonic(), route.password.reveal(), resp.status_code))
+                self.sent.append((routed, route.password.reveal(), resp.status_code))
                 outcome = rr.observe(status=resp.status_code, headers=resp.headers)
             self.kinds.append(outcome.kind)
             if outcome.kind == "success":
