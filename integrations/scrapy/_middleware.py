@@ -181,7 +181,9 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         except ConfigurationError as exc:
             mw = cls(crawler, None, None, config_error=exc)
         else:
-            manager = GatewayManager(async_client=client, config=proxaro.config)
+            manager = GatewayManager(
+                async_client=client, config=proxaro.config, redis_url=proxaro.redis_url
+            )
             mw = cls(crawler, manager, proxaro, client)
             mw._handler_strips = handlers_strip_credentials(settings)
             if not mw._handler_strips:
