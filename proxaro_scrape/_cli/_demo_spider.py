@@ -130,19 +130,16 @@ class DemoSpider(scrapy.Spider):
             self.product_pages += 1
         else:
             self.listing_pages += 1
-        exit_ip = _header(response, "X-Proxaro-Exit-IP")
-        exit_country = _header(response, "X-Proxaro-Exit-Country")
+        # The middleware's reading of the gateway's answer (over HTTPS: the CONNECT answer's).
+        exit_info = response.meta.get("proxaro_exit")
+        exit_ip = exit_info.ip if exit_info is not None else None
+        exit_country = exit_info.country if exit_info is not None else None
         if exit_ip:
             self.exit_ips.add(exit_ip)
         self.pages_by_country[exit_country or "unknown"] += 1
         if self.on_page is not None:
             self.on_page(self, response)
         return exit_ip, exit_country
-
-
-def _header(response: Response, name: str) -> str | None:
-    value = response.headers.get(name)
-    return value.decode("latin-1") if value is not None else None
 
 
 @dataclass
