@@ -27,6 +27,7 @@ from proxaro_scrape import (
 from proxaro_scrape.errors import GatewayAuthError
 from proxaro_scrape.gateway import HEALTHY_ASN, Route
 from proxaro_scrape.sandbox import Sandbox
+from tests._support import aeventually, eventually
 
 CREDENTIALS_CALLS = "api.requests:GET /v1/credentials"
 
@@ -125,15 +126,6 @@ async def afetch(
             raise outcome.error
         if outcome.refresh:
             await mgr.arefresh_credentials(route.credentials_version)
-
-
-def wait_for(predicate: Any, timeout: float = 5.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 # ---------------------------------------------------------------------------- basics
@@ -250,10 +242,14 @@ def test_healthy_asn_selector_through_the_gateway(sandbox: Sandbox) -> None:
 
 
 def run_traffic(
-    mgr: GatewayManager, url: str, stop: threading.Event, workers: int = 3
-) -> tuple[list[tuple[float, int]], list[BaseException]]:
-    """Sustained bounded traffic: ``workers`` loops until ``stop`` (at most 400 requests each)."""
-    done: list[tuple[float, int]] = []
+    mgr: GatewayManager,
+    url: str,
+    stop: threading.Event,
+    done: list[tuple[float, int]],
+    workers: int = 3,
+) -> list[BaseException]:
+    """Sustained bounded traffic: ``workers`` loops until ``stop`` (at most 400 requests each),
+    each answered request appended to ``done`` as (when, credentials version)."""
     failed: list[BaseException] = []
     sender = Sender()
 
@@ -275,31 +271,36 @@ def run_traffic(
     for t in threads:
         t.join(30)
     sender.close()
-    return done, failed
+    return failed
 
 
 def test_rotation_by_api_mid_traffic_loses_nothing(sandbox: Sandbox) -> None:
     sandbox.control("grace", seconds=2)
     with manager(sandbox, target={"country": "gb"}) as mgr:
         stop = threading.Event()
+        done: list[tuple[float, int]] = []
         result: dict[str, Any] = {}
         runner = threading.Thread(
-            target=lambda: result.update(zip(("done", "failed"),
-                                             run_traffic(mgr, f"{sandbox.site_url}/ip", stop)))
-        )  # fmt: skip
+            target=lambda: result.update(
+                failed=run_traffic(mgr, f"{sandbox.site_url}/ip", stop, done)
+            )
+        )
         runner.start()
-        time.sleep(1.0)
+        eventually(lambda: len(done) >= 5, message="traffic before the rotation")
         with Proxaro(sandbox.api_key, sandbox.api_url) as client:
-            client.credentials.rotate()  # the old password lapses 2 s later
-        rotated_at = time.monotonic()
-        time.sleep(4.0)
+            client.credentials.rotate()  # the old password lapses 2 world seconds later
+        before = len(done)
+        # The grace ends in world time: move the clock past it instead of waiting.
+        sandbox.control("clock", advance=3)
+        eventually(
+            lambda: sum(1 for _, v in done[before:] if v == 2) > 10,
+            message="traffic with the new credentials after the grace",
+        )
         stop.set()
         runner.join(60)
         stats = mgr.stats()
-    done, failed = result["done"], result["failed"]
-    assert failed == []
-    assert any(t < rotated_at for t, _ in done) and any(v == 2 for _, v in done)
-    assert sum(1 for t, _ in done if t > rotated_at + 2.5) > 10  # traffic kept going
+    assert result["failed"] == []
+    assert all(v == 1 for _, v in done[:5])
     assert stats["rotations"] == 1 and stats["credentials_version"] == 2
 
 
@@ -323,9 +324,14 @@ async def test_rotation_mid_traffic_async_loses_nothing(sandbox: Sandbox) -> Non
                 await asyncio.sleep(0.02)
 
         tasks = [asyncio.create_task(worker()) for _ in range(3)]
-        await asyncio.sleep(1.0)
+        await aeventually(lambda: len(versions) >= 5, message="traffic before the rotation")
         await sandbox.acontrol("rotate")
-        await asyncio.sleep(4.0)
+        before = len(versions)
+        await sandbox.acontrol("clock", advance=3)  # past the 2 s grace, in world time
+        await aeventually(
+            lambda: versions[before:].count(2) > 10,
+            message="traffic with the new credentials after the grace",
+        )
         stop.set()
         await asyncio.gather(*tasks)
         await sender.aclose()
@@ -406,21 +412,21 @@ def test_an_api_503_storm_while_routing_continues(sandbox: Sandbox) -> None:
         try:
             url = f"{sandbox.site_url}/ip"
             sandbox.control("faults", statuses=[503] * 40)
-            deadline = time.monotonic() + 3.0
             ok = 0
-            while time.monotonic() < deadline:
+            # Route on while the polls fail: every request answers until a failed poll shows
+            # (the client's own retries, honouring Retry-After, make one take a while).
+            for _ in range(5000):
                 assert fetch(mgr, sender, url)[0].status_code == 200
                 ok += 1
-            # the client's own retries (honouring Retry-After) make a failed poll take a while
-            while not mgr.stats().get("credential_refresh_errors"):
-                assert time.monotonic() < deadline + 20
-                assert fetch(mgr, sender, url)[0].status_code == 200
-                ok += 1
+                if ok > 10 and mgr.stats().get("credential_refresh_errors"):
+                    break
+            else:
+                pytest.fail("no failed credentials poll in 5,000 requests")
             assert mgr.credentials is not None  # ...and the last good credentials served
             sandbox.control("faults", clear=True)
             refreshes = mgr.stats()["credential_refreshes"]
             # the backoff is capped by the poll interval: recovers within a few seconds
-            assert wait_for(lambda: mgr.stats()["credential_refreshes"] > refreshes, 10.0)
+            eventually(lambda: mgr.stats()["credential_refreshes"] > refreshes)
         finally:
             sender.close()
     assert ok > 10
@@ -440,13 +446,12 @@ def test_api_down_at_start_is_a_clear_error(sandbox: Sandbox) -> None:
     dead.close()
 
 
-def test_credentials_rotated_event_is_in_use_within_a_second(sandbox: Sandbox) -> None:
-    with manager(sandbox) as mgr:
+def test_credentials_rotated_event_is_taken_in_before_any_poll(sandbox: Sandbox) -> None:
+    # The poll is an hour away: only the event can bring the new credentials in.
+    with manager(sandbox, credentials_poll_interval=3600) as mgr:
         sandbox.control("rotate")
-        start = time.monotonic()
         mgr.handle_event({"type": "credentials.rotated", "data": {"id": "cred_x"}})
-        assert wait_for(lambda: mgr.credentials_version == 2, 1.0)
-        assert time.monotonic() - start < 1.0
+        eventually(lambda: mgr.credentials_version == 2, message="the event's refresh")
         route = mgr.request(f"{sandbox.site_url}/ip").next_route()
         assert route.password == sandbox.world.credentials.password
         assert mgr.stats()["rotation_events"] == 1
@@ -461,11 +466,7 @@ async def test_credentials_rotated_event_async_driver(sandbox: Sandbox) -> None:
         await sandbox.acontrol("rotate")
         # from another thread, as a webhook receiver on another loop would
         await asyncio.to_thread(mgr.handle_event, Event())
-        for _ in range(50):
-            if mgr.credentials_version == 2:
-                break
-            await asyncio.sleep(0.02)
-        assert mgr.credentials_version == 2
+        await aeventually(lambda: mgr.credentials_version == 2, message="the event's refresh")
 
 
 def test_credentials_are_refreshed_ahead_of_expiry(sandbox: Sandbox) -> None:
@@ -473,7 +474,7 @@ def test_credentials_are_refreshed_ahead_of_expiry(sandbox: Sandbox) -> None:
         sandbox.control("expire_credentials", in_seconds=62)
         mgr.refresh_credentials()  # learns the new expires_at: the next poll is due in ~2 s
         before = counters(sandbox)[CREDENTIALS_CALLS]
-        assert wait_for(lambda: counters(sandbox)[CREDENTIALS_CALLS] > before, 6.0, 0.2)
+        eventually(lambda: counters(sandbox)[CREDENTIALS_CALLS] > before, interval=0.2)
 
 
 # ---------------------------------------------------------------------------- failover
@@ -501,7 +502,7 @@ def test_a_region_down_fails_over_and_returns_when_healed(sandbox: Sandbox) -> N
             def back() -> bool:
                 return bool(fetch(mgr, sender, url)[0].json()["country"] == "de")
 
-            assert wait_for(back, 5.0, 0.1)
+            eventually(back, interval=0.1)
         finally:
             sender.close()
         assert mgr.stats()["breakers_closed"] >= 1
@@ -513,11 +514,11 @@ def test_the_pool_view_keeps_traffic_away_from_a_down_region(sandbox: Sandbox) -
         try:
             url = f"{sandbox.site_url}/ip"
             sandbox.control("country", code="fr", pool_health="down")
-            assert wait_for(lambda: mgr.pool.countries["fr"].pool_health == "down", 5.0)
+            eventually(lambda: mgr.pool.countries["fr"].pool_health == "down")
             resp, routes = fetch(mgr, sender, url)
             assert len(routes) == 1 and resp.json()["country"] != "fr"  # no attempt wasted
             sandbox.control("country", code="fr", pool_health="healthy")
-            assert wait_for(lambda: mgr.pool.countries["fr"].pool_health == "healthy", 5.0)
+            eventually(lambda: mgr.pool.countries["fr"].pool_health == "healthy")
             assert fetch(mgr, sender, url)[0].json()["country"] == "fr"
         finally:
             sender.close()
@@ -558,7 +559,7 @@ def test_usage_poll_warns_at_80_percent(sandbox: Sandbox, caplog: pytest.LogCapt
     sandbox.control("usage", to_percent=85)
     with caplog.at_level("WARNING", logger="proxaro_scrape.gateway"):
         with manager(sandbox, usage_poll_interval=0.2) as mgr:
-            assert wait_for(lambda: "80 %" in caplog.text, 3.0)
+            eventually(lambda: "80 %" in caplog.text)
             mgr.request(f"{sandbox.site_url}/ip")  # warn: routing goes on
     assert caplog.text.count("80 %") == 1
 
@@ -584,8 +585,8 @@ async def test_async_driver_routes_and_closes(sandbox: Sandbox) -> None:
     sender = ASender()
     resp, _ = await afetch(mgr, sender, f"{sandbox.site_url}/ip")
     assert resp.json()["country"] == "jp"
-    await asyncio.sleep(0.5)  # the pool refresh runs in the background task
-    assert mgr.stats().get("pool_refreshes", 0) >= 1
+    # the pool refresh runs in the background task
+    await aeventually(lambda: mgr.stats().get("pool_refreshes", 0) >= 1)
     await sender.aclose()
     await mgr.aclose()
     assert mgr.driver is None
