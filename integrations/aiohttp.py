@@ -312,6 +312,13 @@ class ProxaroMiddleware:
             # From the caller or a hook: inside a tunnel it would reach the target.
             req.headers.popall(PROXY_AUTHORIZATION, None)
         rr = manager.request(str(req.url), self._target, self._session_key)
+        # The first attempt here, the loop only after a failed one: the common case needs
+        # none of the loop's closures and coroutine frames (see run_async's ``first``).
+        route = rr.next_route()
+        response, outcome, exc = await self._attempt(req, handler, route, rr, tunnel)
+        if outcome.ok:
+            assert response is not None
+            return response
 
         async def attempt(route: Route) -> tuple[ClientResponse | None, Outcome, Exception | None]:
             return await self._attempt(req, handler, route, rr, tunnel)
@@ -320,7 +327,14 @@ class ProxaroMiddleware:
             # A one-shot body (an async generator) is consumed once sent.
             return not getattr(req.body, "consumed", False)
 
-        return await run_async(manager, rr, attempt, replayable=replayable, method=req.method)
+        return await run_async(
+            manager,
+            rr,
+            attempt,
+            replayable=replayable,
+            method=req.method,
+            first=(route, response, outcome, exc),
+        )
 
     async def _attempt(
         self,

@@ -294,11 +294,22 @@ async def run_async(
     *,
     replayable: bool | Callable[[], bool] = True,
     method: str = "GET",
+    first: tuple[Route, R | None, Outcome, BaseException | None] | None = None,
 ) -> R:
-    """The attempt loop for asyncio: :func:`run_sync` with ``await``."""
+    """The attempt loop for asyncio: :func:`run_sync` with ``await``.
+
+    ``first`` is an attempt the caller already made (its route and what ``attempt`` returned):
+    the loop decides on it before routing again.  A stack makes its first attempt itself and
+    calls the loop only when that one did not succeed, which spares the common case the loop's
+    closures and coroutine frames.
+    """
     while True:
-        route = rr.next_route()
-        answer, outcome, exc = await attempt(route)
+        if first is not None:
+            route, answer, outcome, exc = first
+            first = None
+        else:
+            route = rr.next_route()
+            answer, outcome, exc = await attempt(route)
         step = decide(outcome, replayable=replayable, method=method, url=rr.url)
         if step.action == "return":
             assert answer is not None
