@@ -8,9 +8,13 @@ client's alone:
 
 - **requests/s at 64 in flight** (sync stacks: a pool of 64 threads; async: 64 tasks) and
   **client CPU per request** (``time.process_time``), for the integration and for the same
-  client given the gateway's static proxy URL (the manager's own credentials, no targeting,
-  the same username the integration sends), in alternating order over a few rounds; each
-  figure is the median of the per-round ratios (goals: requests/s >= 0.98, CPU <= 1.03);
+  client given static proxy URLs, in alternating order over a few rounds; each figure is the
+  median of the per-round ratios (goals: requests/s >= 0.98, CPU <= 1.03).  Like with like:
+  the integration targets every request (one of four countries, the stack's per-request
+  argument), and the static side holds one targeted gateway URL per country (the usernames
+  the integration sends, ``user-country-xx``) and picks one per request, as a user would by
+  hand.  httpx: httpcore's pool (``max_connections`` 100) never binds at 64 in flight, so both
+  sides are bounded by the 64 requests in flight alone, the same for both;
 - **connections the gateway saw** (its ``gateway.connections`` counter) for N plain-HTTP
   requests through the integration with a new target each time (a new country/session pair per
   request, so a new gateway username), at 64 in flight (goal: no more than 64).  N is 10,000,
@@ -79,6 +83,21 @@ def _reset(info: dict[str, Any]) -> None:
     httpx.post(f"{info['api_url']}/_sandbox/reset_counters", json={}, timeout=10)
 
 
+#: The countries of the throughput rounds: one per request, in turn, on both sides.
+_ROUND_COUNTRIES = ("us", "de", "gb", "fr")
+#: Beside the httpx rows: what bounds both sides at 64 in flight.
+HTTPX_NOTE = "httpcore's pool bounds both sides alike: 64 in flight, max_connections 100"
+
+
+def _country(i: int) -> dict[str, str]:
+    return {"country": _ROUND_COUNTRIES[i % len(_ROUND_COUNTRIES)]}
+
+
+def _static_urls(mgr: GatewayManager, url: str) -> list[str]:
+    """One targeted gateway URL per country of the rounds (the integration's usernames)."""
+    return [mgr.request(url, _country(i)).next_route().proxy_url for i in range(4)]
+
+
 def _new_target(i: int) -> dict[str, Any]:
     return {"country": _COUNTRIES[i % len(_COUNTRIES)], "session": f"b{i}"}
 
@@ -105,26 +124,28 @@ class _Round:
 
 
 def _sync_stack(
-    stack: str, mgr: GatewayManager, url: str, static: str
-) -> tuple[Callable[[], Any], Callable[[], Any], Callable[[int], Any], Callable[[], None]]:
-    """(send static, send proxaro, send proxaro with a new target i, close)."""
+    stack: str, mgr: GatewayManager, url: str, static: list[str]
+) -> tuple[Callable[[int], Any], Callable[[int], Any], Callable[[int], Any], Callable[[], None]]:
+    """(send static i, send proxaro i, send proxaro with a new target i, close)."""
     if stack == "httpx":
         from proxaro_scrape.integrations.httpx import ProxaroTransport
 
-        base = httpx.Client(proxy=static, limits=_LIMITS, timeout=30)
+        # httpx fixes a client's proxy: one client per static URL, sharing nothing but limits.
+        bases = [httpx.Client(proxy=u, limits=_LIMITS, timeout=30) for u in static]
         ours = httpx.Client(transport=ProxaroTransport(mgr, limits=_LIMITS), timeout=30)
 
-        def b() -> Any:
-            return base.get(url).status_code
+        def b(i: int) -> Any:
+            return bases[i % len(bases)].get(url).status_code
 
-        def p() -> Any:
-            return ours.get(url).status_code
+        def p(i: int) -> Any:
+            return ours.get(url, extensions={"proxaro": _country(i)}).status_code
 
         def t(i: int) -> Any:
             return ours.get(url, extensions={"proxaro": _new_target(i)}).status_code
 
         def close() -> None:
-            base.close()
+            for base in bases:
+                base.close()
             ours.close()
 
         return b, p, t, close
@@ -135,14 +156,14 @@ def _sync_stack(
 
     rbase = requests.Session()
     rbase.mount("http://", HTTPAdapter(pool_maxsize=CONCURRENCY))
-    rbase.proxies = {"http": static}
     rours = ProxaroSession(mgr, pool_maxsize=CONCURRENCY)
+    proxies = [{"http": u} for u in static]
 
-    def rb() -> Any:
-        return rbase.get(url, timeout=30).status_code
+    def rb(i: int) -> Any:
+        return rbase.get(url, timeout=30, proxies=proxies[i % len(proxies)]).status_code
 
-    def rp() -> Any:
-        return rours.get(url, timeout=30).status_code
+    def rp(i: int) -> Any:
+        return rours.get(url, timeout=30, proxaro=_country(i)).status_code
 
     def rt(i: int) -> Any:
         return rours.get(url, timeout=30, proxaro=_new_target(i)).status_code
@@ -159,13 +180,13 @@ def _bench_sync(
 ) -> dict[str, Any]:
     url = f"{info['site_url']}/robots.txt"
     with GatewayManager(info["api_key"], info["api_url"]) as mgr:
-        static = mgr.request(url).next_route().proxy_url
+        static = _static_urls(mgr, url)
         send_base, send_ours, send_target, close = _sync_stack(stack, mgr, url, static)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=CONCURRENCY)
 
-        def batch(fn: Callable[[], Any], count: int) -> _Round:
+        def batch(fn: Callable[[int], Any], count: int) -> _Round:
             with _Round() as r:
-                codes = list(pool.map(lambda _: _status(fn), range(count)))
+                codes = list(pool.map(lambda i: _status(fn, i), range(count)))
             r.failed = sum(c != 200 for c in codes)
             return r
 
@@ -211,17 +232,17 @@ async def _bench_async_main(
 ) -> dict[str, Any]:
     url = f"{info['site_url']}/robots.txt"
     async with GatewayManager(info["api_key"], info["api_url"]) as mgr:
-        static = mgr.request(url).next_route().proxy_url
+        static = _static_urls(mgr, url)
         stacks = _AsyncClients(stack, mgr, url, static)
         await stacks.open()
 
-        async def batch(fn: Callable[..., Any], count: int, *, indexed: bool = False) -> _Round:
+        async def batch(fn: Callable[[int], Any], count: int) -> _Round:
             sem = asyncio.Semaphore(CONCURRENCY)
 
             async def one(i: int) -> Any:
                 async with sem:
                     try:
-                        return await (fn(i) if indexed else fn())
+                        return await fn(i)
                     except Exception as exc:  # noqa: BLE001 - counted, see _status
                         return type(exc).__name__
 
@@ -247,7 +268,7 @@ async def _bench_async_main(
             await stacks.open()
             await asyncio.to_thread(_reset, info)
             retries = mgr.stats().get("retries", 0)
-            conn_failed = (await batch(stacks.targeted, conn_n, indexed=True)).failed
+            conn_failed = (await batch(stacks.targeted, conn_n)).failed
             conns = (await asyncio.to_thread(_counters, info)).get("gateway.connections", 0)
             retries = mgr.stats().get("retries", 0) - retries
         finally:
@@ -256,7 +277,7 @@ async def _bench_async_main(
 
 
 class _AsyncClients:
-    def __init__(self, stack: str, mgr: GatewayManager, url: str, static: str) -> None:
+    def __init__(self, stack: str, mgr: GatewayManager, url: str, static: list[str]) -> None:
         self.stack, self.mgr, self.url, self.static = stack, mgr, url, static
         self._closers: list[Any] = []
 
@@ -265,16 +286,17 @@ class _AsyncClients:
         if self.stack == "httpx_async":
             from proxaro_scrape.integrations.httpx import AsyncProxaroTransport
 
-            base = httpx.AsyncClient(proxy=static, limits=_LIMITS, timeout=30)
+            bases = [httpx.AsyncClient(proxy=u, limits=_LIMITS, timeout=30) for u in static]
             transport = AsyncProxaroTransport(self.mgr, limits=_LIMITS)
             ours = httpx.AsyncClient(transport=transport, timeout=30)
-            self._closers = [base.aclose, ours.aclose]
+            self._closers = [*(base.aclose for base in bases), ours.aclose]
 
-            async def b() -> int:
-                return (await base.get(url)).status_code
+            async def b(i: int) -> int:
+                return (await bases[i % len(bases)].get(url)).status_code
 
-            async def p() -> int:
-                return (await ours.get(url)).status_code
+            async def p(i: int) -> int:
+                r = await ours.get(url, extensions={"proxaro": _country(i)})
+                return r.status_code
 
             async def t(i: int) -> int:
                 r = await ours.get(url, extensions={"proxaro": _new_target(i)})
@@ -289,14 +311,16 @@ class _AsyncClients:
             mw = ProxaroMiddleware(self.mgr)
             aours = aiohttp.ClientSession(middlewares=(mw,))
             self._closers = [abase.close, aours.close]
+            # As the module's docstring shows: one view per target, made once, used per request.
+            views = [(mw.using(_country(i)),) for i in range(len(_ROUND_COUNTRIES))]
 
-            async def b() -> int:
-                async with abase.get(url, proxy=static) as r:
+            async def b(i: int) -> int:
+                async with abase.get(url, proxy=static[i % len(static)]) as r:
                     await r.read()
                     return r.status
 
-            async def p() -> int:
-                async with aours.get(url) as r:
+            async def p(i: int) -> int:
+                async with aours.get(url, middlewares=views[i % len(views)]) as r:
                     await r.read()
                     return r.status
 
@@ -371,6 +395,8 @@ def run(quick: bool = False, stacks: tuple[str, ...] = STACKS) -> dict[str, Any]
                 figures = _bench_sync(stack, info, rounds, n, conn_n)
             else:
                 figures = _run_coroutine(_bench_async_main(stack, info, rounds, n, conn_n))
+            if stack.startswith("httpx"):
+                figures["note"] = HTTPX_NOTE
             out["stacks"][stack] = figures
     _print_table(out)
     return out
@@ -402,6 +428,7 @@ def _print_table(out: dict[str, Any]) -> None:
             f"{f['cpu_us_static']:>13} {f['cpu_us_proxaro']:>8} {f['cpu_ratio']:>6}   {conns:>16}  "
             f"{str(f['failed_static']) + '/' + str(f['failed_proxaro']):>10}"
         )
+    print(f"httpx rows: {HTTPX_NOTE}")
     print(
         f"goals: req/s ratio >= 0.98, CPU ratio <= 1.03, connections <= {out['concurrency']} "
         f"(the concurrency); {out['rounds']} rounds of {out['requests_per_round']} requests"

@@ -125,7 +125,8 @@ def _stack_context(
 ) -> Callable[[dict[str, Any]], str]:
     def context(r: dict[str, Any]) -> str:
         f = r["stacks"][stack]
-        return f"medians {f[ours]} vs {f[static]} {unit}"
+        note = f"; {f['note']}" if f.get("note") else ""
+        return f"medians {f[ours]} vs {f[static]} {unit}{note}"
 
     return context
 
@@ -162,7 +163,7 @@ def _stack_figures() -> list[Figure]:
                 f"clients.{stack}.requests_per_s_ratio",
                 "clients",
                 f"requests/s, {label}, {IN_FLIGHT} in flight",
-                "the same client with a static proxy URL, same gateway",
+                "the same client with static targeted proxy URLs (4 countries), same gateway",
                 ">= 0.98",
                 "×",
                 _stack_value(stack, "rps_ratio"),
@@ -195,7 +196,7 @@ def _stack_figures() -> list[Figure]:
                 f"clients.{stack}.cpu_per_request_ratio",
                 "clients",
                 f"client CPU per request, {label}",
-                "the same client with a static proxy URL, same gateway",
+                "the same client with static targeted proxy URLs (4 countries), same gateway",
                 "<= 1.03",
                 "×",
                 _stack_value(stack, "cpu_ratio"),
