@@ -446,7 +446,9 @@ _NO_TIMED_WORK: dict[str, Any] = {
 }
 
 
-def run_instructions(pages: tuple[int, int] = (50, 300), concurrency: int = 16) -> dict[str, Any]:
+def run_instructions(
+    pages: tuple[int, int] = (50, 300), concurrency: int = 16, sides: tuple[str, ...] = SIDES
+) -> dict[str, Any]:
     """Instructions per page under valgrind (callgrind): a figure the machine's load cannot move.
 
     Each side (static, middleware, scrapy-rotating-proxies) crawls ``pages[0]`` and then
@@ -454,6 +456,7 @@ def run_instructions(pages: tuple[int, int] = (50, 300), concurrency: int = 16) 
     counts over the difference of the pages is the cost of a page, start-up left out.  Work done
     per second (credential polls, stats copies) is turned off: valgrind stretches a crawl to
     minutes.  Slow (ten minutes and more): an option of the command line, not the suite's.
+    ``sides`` picks some of the three (the ratios need ``static``).
     """
     import shutil
     import tempfile
@@ -463,11 +466,11 @@ def run_instructions(pages: tuple[int, int] = (50, 300), concurrency: int = 16) 
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise RuntimeError("valgrind is not installed")
-    counts: dict[str, list[int]] = {m: [] for m in SIDES}
+    counts: dict[str, list[int]] = {m: [] for m in sides}
     with Sandbox(seed=0) as sb, tempfile.TemporaryDirectory(prefix="proxaro-callgrind-") as tmp:
-        sides = _sides(sb, concurrency, _NO_TIMED_WORK)
+        configs = _sides(sb, concurrency, _NO_TIMED_WORK)
         jobs = []
-        for mode in SIDES:
+        for mode in sides:
             for n in pages:
                 out = os.path.join(tmp, f"{mode}.{n}")
                 proc = subprocess.Popen(  # noqa: S603 - our own module, our own arguments
@@ -487,7 +490,7 @@ def run_instructions(pages: tuple[int, int] = (50, 300), concurrency: int = 16) 
                     text=True,
                     env=child_env(),
                 )
-                jobs.append((mode, proc, json.dumps({**sides[mode], "pages": n})))
+                jobs.append((mode, proc, json.dumps({**configs[mode], "pages": n})))
         # All at once: the counts do not depend on what else runs, and the wait is the longest
         # crawl's instead of the sum of six.
         for mode, proc, config in jobs:
@@ -497,6 +500,11 @@ def run_instructions(pages: tuple[int, int] = (50, 300), concurrency: int = 16) 
                 raise RuntimeError(f"the {mode} crawl under valgrind failed: {err[-2000:]}")
             counts[mode].append(int(refs[-1].rsplit(":", 1)[1].strip()))
     per_page = {m: (c[1] - c[0]) / (pages[1] - pages[0]) for m, c in counts.items()}
+    if set(sides) != set(SIDES):
+        return {
+            "instructions_per_page": {m: round(v) for m, v in per_page.items()},
+            "counts": counts,
+        }
     ratio = per_page["middleware"] / per_page["static"]
     return {
         "figure": "Scrapy: instructions per page, Proxaro middleware and scrapy-rotating-proxies "
@@ -542,14 +550,17 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="instructions per page under valgrind instead (slow, immune to machine load)",
     )
+    parser.add_argument(
+        "--sides", nargs="+", choices=SIDES, default=list(SIDES), help="with --instructions"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(json.loads(sys.stdin.read() if args.child == "-" else args.child))
         return
     if args.instructions:
-        figures = run_instructions(concurrency=args.concurrency)
-        if args.json:
+        figures = run_instructions(concurrency=args.concurrency, sides=tuple(args.sides))
+        if args.json or "figure" not in figures:
             print(json.dumps(figures, indent=2))
         else:
             print(figures["figure"])
