@@ -43,6 +43,17 @@ _GIVE_UP: Verdict = (False, False, None)
 _OUTCOME_KEYS = {kind: f"outcomes/{kind}" for kind in KINDS}
 
 
+def _tried_line(entry: str | tuple[int, str, str, int | None, str | None]) -> str:
+    """``2. country=de → ban (429)``: one attempt of ``tried`` in words."""
+    if isinstance(entry, str):
+        return entry
+    attempt, label, kind, status, gateway_error = entry
+    line = f"{attempt}. {label} → {kind}"
+    if status is not None:
+        line += f" ({status}{' ' + gateway_error if gateway_error else ''})"
+    return line
+
+
 class RequestRouting:
     """The routing state machine of one logical request (see ``GatewayManager.request``).
 
@@ -97,7 +108,9 @@ class RequestRouting:
         self._budget = core.max_attempts
         self._route: Route | None = None
         self._step: Step | None = None
-        self._tried: list[str] = []
+        # A line per attempt, kept as its parts: most requests succeed at once and nobody
+        # reads their lines, so they are worded only when asked for (``tried``).
+        self._tried: list[str | tuple[int, str, str, int | None, str | None]] = []
         self._stale_for = -1
         self._blind_502 = 0
         self._explicit = explicit
@@ -119,7 +132,7 @@ class RequestRouting:
     @property
     def tried(self) -> list[str]:
         """What was tried so far, one line per attempt (targets and outcomes; no secret)."""
-        return list(self._tried)
+        return [_tried_line(x) for x in self._tried]
 
     @property
     def route(self) -> Route | None:
@@ -262,10 +275,7 @@ class RequestRouting:
                 retry, refresh, error = verdict
                 if error is None:
                     error = out.error  # a handler that raises nothing new keeps the class's
-            line = f"{route.attempt}. {step.label} → {kind}"
-            if out.status is not None:
-                line += f" ({out.status}{' ' + out.gateway_error if out.gateway_error else ''})"
-            self._tried.append(line)
+            self._tried.append((route.attempt, step.label, kind, out.status, out.gateway_error))
             if retry and self._attempts >= self._budget:
                 retry = refresh = False
             if not retry and kind != "success" and error is None:

@@ -91,6 +91,15 @@ _LOWER_EXIT = {h.lower(): h for h in protocol.EXIT_HEADERS}
 _ERROR_HEADER = protocol.HEADER_ERROR.lower()
 _WANTED = frozenset(_LOWER_EXIT) | {_ERROR_HEADER}
 _CANONICAL = tuple((h, h.lower()) for h in (protocol.HEADER_ERROR, *protocol.EXIT_HEADERS))
+# The spellings stacks hand over (the protocol's, lower case, and ``title()`` as Scrapy's Headers
+# store them; str and bytes) → the lower-cased name: one dict lookup per header instead of a
+# decode and a lower() on the per-answer path.  Other spellings take the general way.
+_KNOWN_NAMES: dict[Any, str] = {
+    form: lower
+    for h, lower in _CANONICAL
+    for spelling in (h, lower, h.title())
+    for form in (spelling, spelling.encode("latin-1"))
+}
 
 
 class Failure(enum.Enum):
@@ -162,11 +171,14 @@ def header_values(headers: Any) -> dict[str, str]:
         else:
             return _looked_up(headers)
     out: dict[str, str] = {}
+    known = _KNOWN_NAMES
     for key, value in items:
-        name = key.decode("latin-1") if isinstance(key, bytes) else str(key)
-        name = name.lower()
-        if name in _WANTED:
-            out[name] = _text(value)
+        name = known.get(key)
+        if name is None:
+            name = (key.decode("latin-1") if isinstance(key, bytes) else str(key)).lower()
+            if name not in _WANTED:
+                continue
+        out[name] = _text(value)
     return out
 
 
@@ -181,8 +193,12 @@ def _looked_up(headers: Any) -> dict[str, str]:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
+    if type(value) is list and value:  # Scrapy's Headers: a list of bytes
+        value = value[-1]
+    elif isinstance(value, (list, tuple)):
         value = value[-1] if value else ""
+    if type(value) is str:
+        return value
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
