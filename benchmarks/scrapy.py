@@ -490,11 +490,15 @@ def run_instructions(
                     text=True,
                     env=child_env(),
                 )
-                jobs.append((mode, proc, json.dumps({**configs[mode], "pages": n})))
-        # All at once: the counts do not depend on what else runs, and the wait is the longest
-        # crawl's instead of the sum of six.
-        for mode, proc, config in jobs:
-            _, err = proc.communicate(config, timeout=7200)
+                # Every crawl gets its config now, so all run at once: the counts do not depend
+                # on what else runs, and the wait is the longest crawl's, not the sum of six.
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps({**configs[mode], "pages": n}))
+                proc.stdin.close()
+                proc.stdin = None
+                jobs.append((mode, proc))
+        for mode, proc in jobs:
+            _, err = proc.communicate(timeout=7200)
             refs = [ln for ln in err.splitlines() if "Collected :" in ln]
             if proc.returncode != 0 or not refs:
                 raise RuntimeError(f"the {mode} crawl under valgrind failed: {err[-2000:]}")
