@@ -314,3 +314,28 @@ async def test_live_contexts_never_above_the_cap(sandbox: Sandbox) -> None:
     assert stat(crawler, "proxaro/playwright/contexts_max") == 2
     assert stat(crawler, "playwright/context_count/max_concurrent") <= 2
     assert stat(crawler, "proxaro/playwright/contexts_closed") >= 18
+
+
+@pytest.mark.slow
+def test_the_example_spider_runs_against_a_sandbox() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXARO_")}
+    done = subprocess.run(
+        [sys.executable, str(examples / "scrapy_playwright_spider.py")],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=env,
+        cwd=examples.parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "local sandbox" in out
+    rows = [line.split() for line in out.splitlines() if line[:2] in ("us", "de", "jp")]
+    assert sorted({r[0] for r in rows}) == ["de", "jp", "us"] and len(rows) == 9
+    assert "pages per exit country: {" in out and "'us': 4" in out and "'jp': 4" in out
