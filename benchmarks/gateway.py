@@ -2,13 +2,14 @@
 
     python -m benchmarks.gateway [--quick] [--json]
 
-Three processes besides this one, all on loopback: a minimal keep-alive HTTP target, the
+Three processes besides this one, all on loopback: the target (the sandbox demo shop, whose
+``/robots.txt`` the client fetches, or with ``--target minimal`` a bare keep-alive responder), the
 sandbox gateway (:class:`~proxaro_scrape.sandbox.gateway.GatewayServer` alone, in a process of
 its own) and ``proxy.py`` (one worker, one acceptor, Basic auth, logging at ERROR so that it
 does not pay for access logs our gateway does not write).  One client (a bare asyncio protocol,
-keep-alive, ``concurrency`` connections each with one request in flight) drives both proxies
-in alternating rounds, so that the machine's noise falls on both alike; the figure is the
-median of the rounds' ratios (each round runs both sides back to back).  Goal: >= 1.0 (the
+keep-alive, ``concurrency`` connections each with one request in flight, 64 by default) drives
+both proxies in alternating rounds, so that the machine's noise falls on both alike; the figure
+is the median of the rounds' ratios (each round runs both sides back to back).  Goal: >= 1.0 (the
 gateway must never be what limits the project's benchmarks).  Each side's CPU per request (its
 process tree, from /proc) is reported too: on a shared machine it is steadier than requests/s.
 
@@ -77,6 +78,23 @@ async def _serve_target() -> None:
     server.close()
 
 
+async def _serve_shop() -> None:
+    # The sandbox's demo shop alone (aiohttp), the target every other benchmark crawls.
+    from aiohttp import web
+
+    from proxaro_scrape.sandbox.site import build_site_app
+    from proxaro_scrape.sandbox.world import World
+
+    runner = web.AppRunner(build_site_app(World(seed=0)), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    server: Any = site._server  # aiohttp keeps the bound socket there only
+    print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await runner.cleanup()
+
+
 async def _serve_gateway() -> None:
     from proxaro_scrape.sandbox.gateway import GatewayServer
     from proxaro_scrape.sandbox.world import World
@@ -97,6 +115,8 @@ def _serve(role: str) -> None:
     # The servers' own processes: only what they serve, nothing of the parent's.
     if role == "target":
         asyncio.run(_serve_target())
+    elif role == "shop":
+        asyncio.run(_serve_shop())
     elif role == "gateway":
         if os.environ.get("PROXARO_BENCH_PROFILE"):
             from pyinstrument import Profiler
@@ -274,6 +294,7 @@ async def _drive(
     seconds: float,
     concurrency: int,
     marker: bytes | None,
+    path: bytes = b"/item",
 ) -> tuple[float, int, int]:
     """``concurrency`` keep-alive connections, one request in flight on each, for ``seconds``.
 
@@ -281,9 +302,9 @@ async def _drive(
     """
     auth = base64.b64encode(f"{username}:{password}".encode())
     request = (
-        b"GET http://127.0.0.1:%d/item HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+        b"GET http://127.0.0.1:%d%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
         b"Proxy-Authorization: Basic %s\r\nUser-Agent: proxaro-bench\r\nAccept: */*\r\n\r\n"
-        % (target_port, target_port, auth)
+        % (target_port, path, target_port, auth)
     )
     counts = [0, 0]
     loop = asyncio.get_running_loop()
@@ -306,16 +327,19 @@ async def _drive(
 def run(
     quick: bool = False,
     *,
-    concurrency: int = 16,
+    concurrency: int = 64,
     profile: str | None = None,
     targeting: str = "",
+    target: str = "shop",
 ) -> dict[str, Any]:
     """Measure requests/s through the sandbox gateway and through proxy.py, side by side.
 
     ``quick`` keeps it to a few seconds (CI smoke: the figure is produced, whatever its value);
     the full run takes about forty seconds.  ``targeting`` is appended to the gateway username
     (``"-session-b1"`` measures a sticky exit instead of rotating ones).  ``profile`` writes a
-    pyinstrument profile of the gateway process to that path.
+    pyinstrument profile of the gateway process to that path.  ``target`` is ``"shop"`` (the
+    sandbox demo shop in a process of its own, its ``/robots.txt``: what the crawls fetch
+    through the gateway) or ``"minimal"`` (a bare keep-alive responder: the proxies alone).
 
     Returns ``{"figure", "gateway_rps", "proxy_py_rps", "ratio", "goal", ...}`` plus each
     side's CPU per request (``*_cpu_us_per_request``, process tree, Linux only): a steadier
@@ -326,7 +350,11 @@ def run(
     me = "benchmarks.gateway"
     with contextlib.ExitStack() as stack:
         stack.callback(os.environ.pop, "PROXARO_BENCH_PROFILE", None)
-        _, target = stack.enter_context(_process([py, "-m", me, "--serve", "target"]))
+        if target not in ("shop", "minimal"):
+            raise ValueError("target is 'shop' or 'minimal'")
+        role = "shop" if target == "shop" else "target"
+        path = b"/robots.txt" if target == "shop" else b"/item"
+        _, served = stack.enter_context(_process([py, "-m", me, "--serve", role]))
         if profile:
             os.environ["PROXARO_BENCH_PROFILE"] = profile
         gw_proc, gw = stack.enter_context(_process([py, "-m", me, "--serve", "gateway"]))
@@ -369,7 +397,9 @@ def run(
 
         async def measure() -> None:
             for name, (_, port, user, pw) in sides.items():
-                await _drive(port, target["port"], user, pw, warmup, concurrency, markers[name])
+                await _drive(
+                    port, served["port"], user, pw, warmup, concurrency, markers[name], path
+                )
             order = list(sides)
             for _ in range(rounds):
                 order.reverse()  # who goes first alternates, so neither always gets the calm
@@ -377,7 +407,7 @@ def run(
                     pid, port, user, pw = sides[name]
                     cpu0 = _tree_cpu(pid)
                     rate, errs, done = await _drive(
-                        port, target["port"], user, pw, seconds, concurrency, markers[name]
+                        port, served["port"], user, pw, seconds, concurrency, markers[name], path
                     )
                     cpu1 = _tree_cpu(pid)
                     rps[name].append(rate)
@@ -402,6 +432,7 @@ def run(
         "rounds": rounds,
         "seconds_per_round": seconds,
         "targeting": targeting or "(none: rotating exits)",
+        "target": "the demo shop's /robots.txt" if target == "shop" else "a minimal responder",
         "errors": errors,
         "quick": quick,
         "rounds_rps": {name: [round(r) for r in rates] for name, rates in rps.items()},
@@ -418,7 +449,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a couple of seconds (CI smoke)")
     parser.add_argument("--json", action="store_true", help="print the figure as JSON")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--target", choices=("shop", "minimal"), default="shop")
     parser.add_argument("--profile", help="write a pyinstrument profile of the gateway here")
     parser.add_argument("--targeting", default="", help="username suffix, e.g. -session-b1")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
@@ -427,7 +459,11 @@ def main(argv: list[str] | None = None) -> None:
         _serve(args.serve)
         return
     result = run(
-        args.quick, concurrency=args.concurrency, profile=args.profile, targeting=args.targeting
+        args.quick,
+        concurrency=args.concurrency,
+        profile=args.profile,
+        targeting=args.targeting,
+        target=args.target,
     )
     if args.json:
         print(json.dumps(result))

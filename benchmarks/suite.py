@@ -67,7 +67,15 @@ class Group:
 
 
 GROUPS: tuple[Group, ...] = (
-    Group("gateway", "benchmarks.gateway", 90, 600),
+    Group(
+        "gateway",
+        "benchmarks.gateway",
+        90,
+        600,
+        # The gateway carries every stack's 64 in flight: measured there too.
+        quick_kwargs={"concurrency": IN_FLIGHT},
+        full_kwargs={"concurrency": IN_FLIGHT},
+    ),
     Group("core", "benchmarks.core", 120, 1200),
     Group("clients", "benchmarks.clients", 150, 1800),
     Group(
@@ -349,6 +357,20 @@ FIGURES: tuple[Figure, ...] = (
             f"{r['sticky_keys']:,} keys, {r['sessions_held']:,} sessions held "
             f"(LRU {r['session_lru_size']:,}); {r['heap_kib_after_all_keys']} vs "
             f"{r['heap_kib_at_lru_size']} KiB"
+        ),
+    ),
+    Figure(
+        "core.rss_growth_mb",
+        "core",
+        "manager's RSS growth after every sticky key",
+        "— (the OS's count, beside the heap ratio)",
+        "report it",
+        "MB",
+        lambda r: r["rss_mb_after_all_keys"],
+        None,
+        lambda r: (
+            f"{r['sticky_keys']:,} keys; +{r['rss_mb_at_lru_size']} MB at the LRU bound "
+            f"({r['session_lru_size']:,} keys)"
         ),
     ),
     Figure(
