@@ -221,7 +221,7 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         connect = meta.pop(CONNECT_KEY, None)
         opt = meta.get("proxaro", _MISSING)
         fid = meta.get(FLIGHT_KEY)
-        flight = self.flights.get(fid)
+        flight = None if fid is None else self.flights.get(fid)  # most requests are new
         if opt is False:
             if fid is not None:
                 # A copy of a routed request, to be sent direct: no gateway, no credentials.
@@ -269,7 +269,7 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         assert self.manager is not None
         if opt is _MISSING or opt is None or opt is True:
             target: Any = self.spider_target
-        elif isinstance(opt, (Target, Mapping)):
+        elif type(opt) is dict or isinstance(opt, (Target, Mapping)):  # dict: no ABC check
             target = opt
         else:
             self._count_error("ConfigurationError")
