@@ -21,7 +21,7 @@ import scrapy
 from scrapy import signals
 from scrapy.crawler import Crawler, CrawlerRunner
 
-from proxaro_scrape.integrations.scrapy import ProxaroAddon, _middleware
+from proxaro_scrape.integrations.scrapy import ProxaroAddon
 from proxaro_scrape.sandbox import Sandbox
 from proxaro_scrape.sandbox.site import catalogue
 
@@ -37,15 +37,8 @@ CHROMIUM = next(
     (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
     None,
 )
-#: The middleware's scrapy-playwright hooks (issue 19) are in place.
-HOOKED = hasattr(_middleware, "PlaywrightRoutes")
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH: apt-get install chromium"),
-    pytest.mark.skipif(
-        not HOOKED,
-        reason="the Scrapy middleware does not call integrations/_playwright_scrapy.py yet "
-        "(issue 19: its hooks wait for the Scrapy rewrite to land)",
-    ),
     pytest.mark.timeout(180),
 ]
 

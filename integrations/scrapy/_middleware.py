@@ -52,6 +52,9 @@ from ._failures import failure_of_scrapy, tunnel_answer
 from ._flights import Flight, Flights
 from ._handler import CONNECT_KEY, handlers_strip_credentials
 from ._lifecycle import Lifecycle
+from ._playwright import PlaywrightRoutes
+from ._playwright import strip as strip_playwright
+from ._playwright import wanted as wants_playwright
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -121,6 +124,7 @@ def strip_for_queue(request: Request) -> None:
     meta = request.meta
     for key in _ATTEMPT_KEYS:
         meta.pop(key, None)
+    strip_playwright(meta)  # a browser request's context: its proxy holds the password
 
 
 class ProxaroDownloaderMiddleware(Lifecycle):
@@ -155,6 +159,8 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         self._sticky_cookiejar = settings is not None and settings.sticky == "cookiejar"
         #: ProxaroDownloadHandler downloads both schemes, and takes the credentials off.
         self._handler_strips = False
+        #: Browser requests (scrapy-playwright): a context per route (``_playwright``).
+        self.playwright = PlaywrightRoutes(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ProxaroDownloaderMiddleware:
@@ -207,6 +213,7 @@ class ProxaroDownloaderMiddleware(Lifecycle):
     async def spider_closed(self, spider: Spider, reason: str) -> None:
         """Forget the flights, then stop the manager (see :class:`Lifecycle`)."""
         self.flights.clear()
+        self.playwright.clear()
         await super().spider_closed(spider, reason)
 
     # ------------------------------------------------------------------ per request
@@ -250,7 +257,12 @@ class ProxaroDownloaderMiddleware(Lifecycle):
             raise self._gave_up(request, flight, exc, None) from None
         flight.route = route
         flight.pending = True
-        meta["proxy"] = route.proxy_url
+        if wants_playwright(request):
+            # The browser ignores meta["proxy"]: the route goes in the context's own proxy.
+            assert fid is not None  # a flight is in flight: it has an id
+            await self.playwright.route(request, fid, route)
+        else:
+            meta["proxy"] = route.proxy_url
         return None
 
     def _redirected(self, request: Request, flight: Flight, connect: Any) -> None:
@@ -312,8 +324,10 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         meta = request.meta
         connect = meta.pop(CONNECT_KEY, None)
         fid = meta.get(FLIGHT_KEY)
+        held = self.playwright.take(request, fid)
         flight = self.flights.get(fid)
         if flight is None or not flight.pending:
+            await self.playwright.settle(held, True)
             return response
         flight.pending = False
         if not self._handler_strips:
@@ -346,6 +360,7 @@ class ProxaroDownloaderMiddleware(Lifecycle):
             outcome = observe_answer(rr, status, gateway, tunnel=False)
         meta[EXIT_KEY] = outcome.exit
         meta["proxaro_route_target"] = flight.route.target
+        await self.playwright.settle(held, outcome.ok)
         if outcome.ok:  # the common case, without the detour through decide()
             self.flights.finish(fid)
             return response
@@ -358,12 +373,23 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         meta = request.meta
         meta.pop(CONNECT_KEY, None)
         fid = meta.get(FLIGHT_KEY)
+        held = self.playwright.take(request, fid)
         flight = self.flights.get(fid)
         if flight is None or not flight.pending:
+            await self.playwright.settle(held, True)
             return None
         flight.pending = False
         if not self._handler_strips:
             request.headers.pop(_PROXY_AUTHORIZATION, None)
+        if held is not None:
+            # The browser's failure, read by Chromium's error code.
+            outcome = await self.playwright.observe_error(
+                held, flight.rr, exception, _tunnelled(request)
+            )
+            if outcome is None or outcome.ok:  # the caller's, or the site's own error page
+                self.flights.finish(fid)
+                return None
+            return await self._next(request, fid, flight, outcome, None, exception)
         failure = None if isinstance(exception, IgnoreRequest) else failure_of_scrapy(exception)
         if failure is None:
             # Not the gateway's business (dropped by a component, a cancelled download...):
