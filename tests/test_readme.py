@@ -263,6 +263,10 @@ def test_scrapy_settings_fragment_is_accepted(block: Block) -> None:
     for name, value in settings.items():
         if not name.startswith("PROXARO_"):
             continue
+        if name.startswith("PROXARO_PLAYWRIGHT_"):  # the browser side's, not the manager's
+            got = getattr(mw.playwright, name.removeprefix("PROXARO_PLAYWRIGHT_").lower())
+            assert got == value, (name, got, value)
+            continue
         got = getattr(mw.config, name.removeprefix("PROXARO_").lower())
         if name == "PROXARO_TARGET":
             value = Target.coerce(value)
