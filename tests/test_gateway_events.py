@@ -82,6 +82,11 @@ CASES: list[tuple[str, EventFacts, EventState, bool, str]] = [
     ("rotation 1 s older than held", rotated(HELD - SEC), state(rotated_at=HELD), False,
      "not_newer"),
     ("rotation same as held", rotated(HELD), state(rotated_at=HELD), False, "not_newer"),
+    # stamps are whole seconds: in the same second, the event's id tells a replay from another
+    ("same second, an id acted on", EventFacts(ROT, HELD, None, HELD, "evt_1"),
+     state(rotated_at=HELD, rotation_ids=frozenset({"evt_1"})), False, "not_newer"),
+    ("same second, another id", EventFacts(ROT, HELD, None, HELD, "evt_2"),
+     state(rotated_at=HELD, rotation_ids=frozenset({"evt_1"})), True, "current"),
     ("rotation 1 s newer than held", rotated(HELD + SEC), state(rotated_at=HELD), True,
      "current"),
     ("rotation, none held yet", rotated(HELD), state(), True, "current"),
@@ -261,3 +266,20 @@ def test_readings_can_be_noted_explicitly() -> None:
     )
     assert gate.admit(usage(created=READ_AT), credentials_version=1)
     assert "EventGate" in repr(gate)
+
+
+def test_two_rotations_in_one_second_both_apply_and_their_replays_do_not() -> None:
+    c = Clocks()
+    gate = c.gate()
+    at = NOW - timedelta(seconds=30)
+
+    def event(eid: str) -> EventFacts:
+        data = {"rotated_at": at.isoformat()}
+        return facts_of({"id": eid, "type": ROT, "created_at": at.isoformat(), "data": data})[0]
+
+    assert gate.admit(event("evt_a"), credentials_version=1).reason == "current"
+    # The first one's refresh brought version 2; a second rotation stamped the same second:
+    assert gate.admit(event("evt_b"), credentials_version=2).reason == "current"
+    c.mono += REFRESH_PENDING_SECONDS + 1
+    assert gate.admit(event("evt_a"), credentials_version=3).reason == "not_newer"
+    assert gate.admit(event("evt_b"), credentials_version=3).reason == "not_newer"

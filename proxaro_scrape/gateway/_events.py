@@ -59,6 +59,8 @@ MAX_EVENT_AGE = timedelta(hours=24) + CLOCK_SKEW
 #: change or this many seconds pass (a refresh that brings nothing new must not mute the next
 #: rotation for long; the gateway's grace is 60 s and the poll runs well inside it).
 REFRESH_PENDING_SECONDS = 5.0
+#: Event times are whole seconds.
+_STAMP = timedelta(seconds=1)
 
 _PERIOD = re.compile(r"(\d{4})-(\d{2})")
 _USAGE_PREFIX = "usage.threshold."
@@ -78,6 +80,8 @@ class EventFacts:
     created_at: datetime | None = None
     period: str | None = None
     rotated_at: datetime | None = None
+    #: The event's id: two rotations stamped in the same second are told apart by it.
+    id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ class EventState:
     rotated_at: datetime | None = None
     refresh_pending: bool = False
     credentials_read_at: datetime | None = None
+    #: Ids of the rotations acted on that are stamped ``rotated_at`` (the stamps are whole
+    #: seconds: another rotation in the same second is newer, a replay of one of these is not).
+    rotation_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -135,10 +142,15 @@ def event_applies(event: EventFacts, state: EventState) -> Verdict:
                 return Verdict(False, "older_than_usage_read")
     elif event.type == "credentials.rotated":
         rotated = event.rotated_at or created
-        if rotated is not None and state.rotated_at is not None and rotated <= state.rotated_at:
-            return Verdict(False, "not_newer")
+        if rotated is not None and state.rotated_at is not None:
+            same = rotated == state.rotated_at
+            if rotated < state.rotated_at or (
+                same and (event.id is None or event.id in state.rotation_ids)
+            ):
+                return Verdict(False, "not_newer")
         if rotated is not None and state.credentials_read_at is not None:
-            if rotated < state.credentials_read_at:
+            # Stamped in whole seconds: only a whole second before the fetch is surely older.
+            if rotated + _STAMP <= state.credentials_read_at:
                 return Verdict(False, "older_than_credentials")
         if state.refresh_pending:
             return Verdict(False, "refresh_pending")
@@ -167,7 +179,14 @@ def facts_of(event: Any) -> tuple[EventFacts, Any, Any]:
         period = _period(fields, created_at)
     elif etype == "credentials.rotated":
         rotated = _moment(fields.get("rotated_at"))
-    facts = EventFacts(etype if isinstance(etype, str) else None, created_at, period, rotated)
+    eid = event.get("id") if isinstance(event, Mapping) else getattr(event, "id", None)
+    facts = EventFacts(
+        etype if isinstance(etype, str) else None,
+        created_at,
+        period,
+        rotated,
+        eid if isinstance(eid, str) else None,
+    )
     return facts, etype, data
 
 
@@ -215,6 +234,7 @@ class EventGate:
         self._clock = clock
         self._lock = threading.Lock()
         self._rotated_at: datetime | None = None
+        self._rotation_ids: set[str] = set()
         self._pending_until = float("-inf")
         self._pending_version = -1
         # Per kind of reading ("usage", "credentials"): when the last one happened (at least),
@@ -272,6 +292,7 @@ class EventGate:
                 period_of(now),
                 usage_read_at=self._read_at.get("usage"),
                 rotated_at=self._rotated_at,
+                rotation_ids=frozenset(self._rotation_ids),
                 refresh_pending=pending,
                 credentials_read_at=self._read_at.get("credentials"),
             )
@@ -281,6 +302,10 @@ class EventGate:
                 if rotated is not None and (self._rotated_at is None or rotated > self._rotated_at):
                     # Refused as pending or not: the refresh under way fetches these anyway.
                     self._rotated_at = rotated
+                    self._rotation_ids = set()
+                if rotated is not None and rotated == self._rotated_at and facts.id is not None:
+                    if len(self._rotation_ids) < 64:  # bounded: rotations in one second
+                        self._rotation_ids.add(facts.id)
                 if verdict:
                     self._pending_version = credentials_version
                     self._pending_until = self._clock() + REFRESH_PENDING_SECONDS
