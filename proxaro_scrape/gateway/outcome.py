@@ -35,6 +35,7 @@ answer the gateway's.  A 403 *with* ``X-Proxaro-Error`` is the gateway's, never 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import socket
 import ssl
@@ -320,7 +321,8 @@ def stdlib_failure(exc: BaseException) -> Failure:
     first, then ``TimeoutError``, else a connection error)."""
     if cause_in_chain(exc, ssl.SSLCertVerificationError) is not None:
         return Failure.TLS
-    if isinstance(exc, (TimeoutError, socket.timeout)):
+    # asyncio.TimeoutError is TimeoutError from Python 3.11 on, a class of its own before.
+    if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)):
         return Failure.TIMEOUT
     return Failure.CONNECTION
 
