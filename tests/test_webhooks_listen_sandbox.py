@@ -161,7 +161,7 @@ def test_sandbox_option_usage_errors_exit_2_before_anything_is_sent(
 # a scheme the client itself refuses first.
 NOT_A_SANDBOX = [
     ("https://api.proxaro.io", "--sandbox"),
-    ("http://10.0.0.1:8080", "--sandbox"),
+    ("http://192.0.2.1:8080", "--sandbox"),  # TEST-NET-1: documentation only
     ("http://127.0.0.1", "--sandbox"),
     ("ftp://127.0.0.1:21", "--base-url"),
 ]
