@@ -9,6 +9,7 @@ decoder), the plan's ASN scope, then the target host, which must be on loopback.
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
 from proxaro_scrape import protocol
 from proxaro_scrape.sandbox._gateway_answers import Refusal
@@ -22,7 +23,12 @@ from proxaro_scrape.sandbox.targeting import (
 )
 from proxaro_scrape.sandbox.world import World
 
-__all__ = ["Admission", "loopback_host", "reachable"]
+if TYPE_CHECKING:
+    from proxaro_scrape.sandbox._gateway_accounting import Accounting
+    from proxaro_scrape.sandbox._gateway_exits import ExitChooser
+    from proxaro_scrape.sandbox._gateway_upstream import UpstreamPool
+
+__all__ = ["Admission", "Stage", "loopback_host", "reachable"]
 
 #: Usernames (and Proxy-Authorization values) whose decoding is remembered, at most.
 _CACHE_MAX = 4096
@@ -121,3 +127,23 @@ class Admission:
         if isinstance(cached, TargetingError):
             raise Refusal(protocol.ERROR_BAD_TARGETING, f"{cached.param}: {cached}")
         return cached
+
+
+class Stage:
+    """What serving a client's request needs, whichever way it travels (forwarded or
+    tunnelled): the world, the admission checks, the exit chooser, the upstream pool and the
+    accounting.  The forwarder and the tunneller are the two stages."""
+
+    def __init__(
+        self,
+        world: World,
+        admission: Admission,
+        exits: ExitChooser,
+        pool: UpstreamPool,
+        accounting: Accounting,
+    ) -> None:
+        self.world = world
+        self._admission = admission
+        self._exits = exits
+        self._pool = pool
+        self._accounting = accounting

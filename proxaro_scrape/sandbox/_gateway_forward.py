@@ -16,11 +16,9 @@ import sys
 from collections.abc import Callable
 
 from proxaro_scrape import protocol
-from proxaro_scrape.sandbox._gateway_accounting import Accounting
-from proxaro_scrape.sandbox._gateway_admission import Admission, reachable
+from proxaro_scrape.sandbox._gateway_admission import Stage, reachable
 from proxaro_scrape.sandbox._gateway_answers import ERROR_BAD_REQUEST, Choice, Refusal, fail
-from proxaro_scrape.sandbox._gateway_exits import ExitChooser
-from proxaro_scrape.sandbox._gateway_upstream import Upstream, UpstreamPool
+from proxaro_scrape.sandbox._gateway_upstream import Upstream
 from proxaro_scrape.sandbox._gateway_wire import (
     HOP_BY_HOP,
     IDEMPOTENT,
@@ -34,7 +32,6 @@ from proxaro_scrape.sandbox._gateway_wire import (
     split_authority,
     within,
 )
-from proxaro_scrape.sandbox.world import World
 
 __all__ = ["Forwarder"]
 
@@ -43,22 +40,8 @@ class _UpstreamGone(Exception):
     """A pooled upstream connection turned out closed before answering (safe to retry)."""
 
 
-class Forwarder:
+class Forwarder(Stage):
     """Serves the plain-HTTP requests of a gateway's client connections."""
-
-    def __init__(
-        self,
-        world: World,
-        admission: Admission,
-        exits: ExitChooser,
-        pool: UpstreamPool,
-        accounting: Accounting,
-    ) -> None:
-        self.world = world
-        self._admission = admission
-        self._exits = exits
-        self._pool = pool
-        self._accounting = accounting
 
     async def serve(
         self,

@@ -11,33 +11,15 @@ from __future__ import annotations
 import asyncio
 
 from proxaro_scrape import protocol
-from proxaro_scrape.sandbox._gateway_accounting import Accounting
-from proxaro_scrape.sandbox._gateway_admission import Admission, reachable
+from proxaro_scrape.sandbox._gateway_admission import Stage, reachable
 from proxaro_scrape.sandbox._gateway_answers import ERROR_BAD_REQUEST, Refusal, fail
-from proxaro_scrape.sandbox._gateway_exits import ExitChooser
-from proxaro_scrape.sandbox._gateway_upstream import UpstreamPool
 from proxaro_scrape.sandbox._gateway_wire import BadRequest, Head, pump, split_authority, within
-from proxaro_scrape.sandbox.world import World
 
 __all__ = ["Tunneller"]
 
 
-class Tunneller:
+class Tunneller(Stage):
     """Serves the CONNECT requests of a gateway's client connections."""
-
-    def __init__(
-        self,
-        world: World,
-        admission: Admission,
-        exits: ExitChooser,
-        pool: UpstreamPool,
-        accounting: Accounting,
-    ) -> None:
-        self.world = world
-        self._admission = admission
-        self._exits = exits
-        self._pool = pool
-        self._accounting = accounting
 
     async def serve(
         self,
