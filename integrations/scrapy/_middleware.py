@@ -317,10 +317,10 @@ class ProxaroDownloaderMiddleware(Lifecycle):
             self._count_error(type(exc).__name__)
             raise
 
-    async def process_response(
-        self, request: Request, response: Response, spider: Spider | None = None
-    ) -> Request | Response:
-        """Observe the answer under the trust rule: pass it on, retry, or fail clearly."""
+    async def _land(self, request: Request) -> tuple[Any, Any, Any, Flight | None]:
+        """What an attempt that came back (answered or failed) carries: the CONNECT answer,
+        the flight id, the browser context held, and the flight awaiting it (``None`` when
+        none does: the request is not ours, or its answer was seen already)."""
         meta = request.meta
         connect = meta.pop(CONNECT_KEY, None)
         fid = meta.get(FLIGHT_KEY)
@@ -328,11 +328,21 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         flight = self.flights.get(fid)
         if flight is None or not flight.pending:
             await self.playwright.settle(held, True)
-            return response
+            return connect, fid, held, None
         flight.pending = False
         if not self._handler_strips:
             # The credentials did their work; the spider never needs to see them.
             request.headers.pop(_PROXY_AUTHORIZATION, None)
+        return connect, fid, held, flight
+
+    async def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Request | Response:
+        """Observe the answer under the trust rule: pass it on, retry, or fail clearly."""
+        meta = request.meta
+        connect, fid, held, flight = await self._land(request)
+        if flight is None:
+            return response
         rr = flight.rr
         tunnel = _tunnelled(request)
         connect_headers = connect[1] if connect else None
@@ -370,17 +380,9 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         self, request: Request, exception: Exception, spider: Spider | None = None
     ) -> Request | None:
         """A failed attempt without an answer (connection, tunnel, timeout): observe it."""
-        meta = request.meta
-        meta.pop(CONNECT_KEY, None)
-        fid = meta.get(FLIGHT_KEY)
-        held = self.playwright.take(request, fid)
-        flight = self.flights.get(fid)
-        if flight is None or not flight.pending:
-            await self.playwright.settle(held, True)
+        _, fid, held, flight = await self._land(request)
+        if flight is None:
             return None
-        flight.pending = False
-        if not self._handler_strips:
-            request.headers.pop(_PROXY_AUTHORIZATION, None)
         if held is not None:
             # The browser's failure, read by Chromium's error code.
             outcome = await self.playwright.observe_error(
