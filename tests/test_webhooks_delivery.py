@@ -193,6 +193,11 @@ async def test_every_event_type_delivered_signed_to_subscribers(sb: Sandbox) -> 
             assert sorted(e.id for e in received) == sorted(e.id for e in emitted)
             assert all(e.known for e in received)
 
+            # The deliverer records an attempt after it has read the answer: wait for that.
+            await aeventually(
+                lambda: len(attempts(sb, hook_all)) == n and len(attempts(sb, hook_rcv)) == n
+            )
+            await aeventually(lambda: sb.world.counters["webhooks.attempts"] == 2 * n + 2)
             recorded = attempts(sb, hook_all)
             assert len(recorded) == n and all(a.ok and a.status == 200 for a in recorded)
             assert all(a.attempt == 1 and a.next_retry_at is None for a in recorded)
