@@ -19,6 +19,7 @@ from proxaro_scrape.gateway._events import (
     EventState,
     event_applies,
     facts_of,
+    ulid_ms,
 )
 from proxaro_scrape.webhooks import parse_event
 
@@ -45,6 +46,9 @@ def state(**kw: Any) -> EventState:
     return EventState(**{"now": NOW, "period": "2026-04", **kw})
 
 
+# Two ULID-shaped event ids one millisecond apart (the first ten characters are the ms).
+ULID_EARLY = "evt_01J00000000000000000000000"
+ULID_LATE = "evt_01J00000010000000000000000"
 READ_AT = NOW - timedelta(minutes=10)
 HELD = NOW - timedelta(hours=1)
 
@@ -87,6 +91,15 @@ CASES: list[tuple[str, EventFacts, EventState, bool, str]] = [
      state(rotated_at=HELD, rotation_ids=frozenset({"evt_1"})), False, "not_newer"),
     ("same second, another id", EventFacts(ROT, HELD, None, HELD, "evt_2"),
      state(rotated_at=HELD, rotation_ids=frozenset({"evt_1"})), True, "current"),
+    # ... and ULID-shaped ids order them by the millisecond (a late "first" after "second")
+    ("same second, an earlier ms", EventFacts(ROT, HELD, None, HELD, ULID_EARLY),
+     state(rotated_at=HELD, rotation_ids=frozenset({ULID_LATE})), False, "not_newer"),
+    ("same second, a later ms", EventFacts(ROT, HELD, None, HELD, ULID_LATE),
+     state(rotated_at=HELD, rotation_ids=frozenset({ULID_EARLY})), True, "current"),
+    ("same second, the same ms", EventFacts(ROT, HELD, None, HELD, ULID_EARLY[:-1] + "Z"),
+     state(rotated_at=HELD, rotation_ids=frozenset({ULID_EARLY})), True, "current"),
+    ("same second, an id of another shape", EventFacts(ROT, HELD, None, HELD, "evt_2"),
+     state(rotated_at=HELD, rotation_ids=frozenset({ULID_LATE})), True, "current"),
     ("rotation 1 s newer than held", rotated(HELD + SEC), state(rotated_at=HELD), True,
      "current"),
     ("rotation, none held yet", rotated(HELD), state(), True, "current"),
@@ -283,3 +296,16 @@ def test_two_rotations_in_one_second_both_apply_and_their_replays_do_not() -> No
     c.mono += REFRESH_PENDING_SECONDS + 1
     assert gate.admit(event("evt_a"), credentials_version=3).reason == "not_newer"
     assert gate.admit(event("evt_b"), credentials_version=3).reason == "not_newer"
+
+
+def test_ulid_ms_reads_the_time_of_a_sandbox_id() -> None:
+    from proxaro_scrape.sandbox.world import World
+
+    world = World()
+    before = int(world.clock.now() * 1000)
+    eid = world.new_id("evt")
+    after = int(world.clock.now() * 1000)
+    assert before <= ulid_ms(eid) <= after  # type: ignore[operator]
+    assert ulid_ms(ULID_LATE) == ulid_ms(ULID_EARLY) + 1  # type: ignore[operator]
+    for other in ("evt_1", "", None, "evt_" + "I" * 26, "evt_" + "0" * 25):
+        assert ulid_ms(other) is None

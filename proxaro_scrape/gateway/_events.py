@@ -14,7 +14,9 @@ event is about the state the manager is in:
   (the reading is newer news: after a plan upgrade, say);
 - ``credentials.rotated`` applies only if it is newer than the newest rotation already acted on
   and than the manager's last fetch of the credentials, and not while the refresh a previous
-  event asked for is still pending: a burst of replays costs at most one refresh.  A refresh
+  event asked for is still pending: a burst of replays costs at most one refresh.  Stamps are
+  whole seconds; within one, rotations are told apart by their ids (a replay carries an id
+  already acted on) and ordered by the milliseconds of their ULID-shaped ids.  A refresh
   can never roll credentials back anyway (it fetches the current ones from
   ``GET /v1/credentials``); this keeps replays from costing API calls and from condemning the
   credentials in use.
@@ -47,6 +49,7 @@ __all__ = [
     "event_applies",
     "facts_of",
     "period_of",
+    "ulid_ms",
 ]
 
 logger = logging.getLogger("proxaro_scrape.gateway")
@@ -62,6 +65,7 @@ REFRESH_PENDING_SECONDS = 5.0
 #: Event times are whole seconds.
 _STAMP = timedelta(seconds=1)
 
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PERIOD = re.compile(r"(\d{4})-(\d{2})")
 _USAGE_PREFIX = "usage.threshold."
 
@@ -145,7 +149,8 @@ def event_applies(event: EventFacts, state: EventState) -> Verdict:
         if rotated is not None and state.rotated_at is not None:
             same = rotated == state.rotated_at
             if rotated < state.rotated_at or (
-                same and (event.id is None or event.id in state.rotation_ids)
+                same
+                and (event.id is None or event.id in state.rotation_ids or _earlier(event, state))
             ):
                 return Verdict(False, "not_newer")
         if rotated is not None and state.credentials_read_at is not None:
@@ -155,6 +160,34 @@ def event_applies(event: EventFacts, state: EventState) -> Verdict:
         if state.refresh_pending:
             return Verdict(False, "refresh_pending")
     return Verdict(True, "current")
+
+
+def ulid_ms(eid: str | None) -> int | None:
+    """The milliseconds a ULID-shaped id (``evt_01HVQ...``: 26 Crockford base-32 characters
+    after the prefix, the first ten a UNIX time in ms) was made at; ``None`` for another shape."""
+    if not eid:
+        return None
+    body = eid.rpartition("_")[2].upper()
+    if len(body) != 26:
+        return None
+    ms = 0
+    for ch in body[:10]:
+        digit = _CROCKFORD.find(ch)
+        if digit < 0:
+            return None
+        ms = ms * 32 + digit
+    return ms
+
+
+def _earlier(event: EventFacts, state: EventState) -> bool:
+    """Within the second of the newest rotation acted on, is ``event`` surely older than one of
+    those (its id's milliseconds are earlier)?  Ids of another shape, or the same millisecond,
+    are not held against it: the cost of acting is one credentials fetch, never a roll-back."""
+    mine = ulid_ms(event.id)
+    if mine is None:
+        return False
+    held = [ms for ms in map(ulid_ms, state.rotation_ids) if ms is not None]
+    return bool(held) and mine < max(held)
 
 
 def period_of(moment: datetime) -> str:
