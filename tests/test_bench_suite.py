@@ -122,6 +122,7 @@ def test_exit_status_is_non_zero_only_when_a_figure_is_missing(
         }
 
     out = tmp_path / "r.json"
+    monkeypatch.setenv("COLUMNS", "200")  # rich shortens cells to the width it sees
     monkeypatch.setattr(suite, "run_suite", lambda *a, **k: report(False))
     assert suite.main(["--quick", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["figures"][0]["met"] is False

@@ -94,7 +94,7 @@ CASES: list[tuple[str, Any, str | None]] = [
     ("components", ("api", "gateway", "site", "webhooks"), OK),
     ("components", set(), "components"),
     ("components", "api", "components"),  # a str is a collection of letters
-    ("components", {"api", "dashboard"}, "components"),
+    ("components", ["api", "dashboard"], "components"),
     ("components", {"API"}, "components"),
     ("components", [1], "components"),
     ("components", None, "components"),
