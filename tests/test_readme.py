@@ -282,7 +282,7 @@ def test_the_two_commands_are_the_ones_ci_runs() -> None:
     install, test = _ci_command("install"), _ci_command("tests")
     assert commands == [install, "proxaro-scrape demo", test]
     assert install == 'python -m pip install -e ".[dev]"'
-    assert test == "python -m pytest -q"
+    assert test == "python -m pytest -q -n 4"
     # The second command exists: the console script and its demo subcommand.
     from proxaro_scrape.cli import main
 
