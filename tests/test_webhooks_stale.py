@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 
 from proxaro_scrape import AsyncProxaro, GatewayManager
 from proxaro_scrape.errors import UsageCapError
@@ -113,7 +112,6 @@ async def routes(sandbox: Sandbox, mgr: GatewayManager) -> bool:
     return True
 
 
-@pytest.mark.timeout(60)
 async def test_an_old_cap_event_leaves_routing_working_and_a_fresh_one_stops_it(
     sandbox: Sandbox,
 ) -> None:
@@ -144,7 +142,6 @@ async def test_an_old_cap_event_leaves_routing_working_and_a_fresh_one_stops_it(
     assert hook.receiver.stats()["handler_errors"] == 0
 
 
-@pytest.mark.timeout(60)
 async def test_a_cap_event_replayed_after_the_plan_grew_does_not_stop_routing_again(
     sandbox: Sandbox,
 ) -> None:
@@ -166,7 +163,6 @@ async def test_a_cap_event_replayed_after_the_plan_grew_does_not_stop_routing_ag
         assert mgr.stats()["usage_cap_reached"] == 1
 
 
-@pytest.mark.timeout(60)
 async def test_replayed_rotations_cost_at_most_one_credentials_call(sandbox: Sandbox) -> None:
     async with hooked(sandbox) as hook:
         mgr = hook.mgr
