@@ -275,3 +275,29 @@ def test_the_counter_the_tables_read_sees_a_call(api: Driver, sb: Sandbox) -> No
     before = _sent(sb)
     api(lambda c: c.usage.get(period="2026-01"))
     assert _sent(sb) == before + 1
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_a_plain_http_api_gets_no_root_certificates_and_an_https_one_the_default(
+    scheme: str,
+) -> None:
+    import ssl
+
+    from proxaro_scrape import AsyncProxaro, Proxaro
+    from proxaro_scrape.api._deadline import tls_for
+
+    url = f"{scheme}://127.0.0.1:9"
+    verify = tls_for(url)
+    if scheme == "https":
+        assert verify is True  # httpx's default: certifi's roots
+    else:
+        # Loading ~150 roots for a client that never speaks TLS cost 20-40 ms at start; the
+        # context it gets instead verifies, and trusts no root: a TLS connection would fail.
+        assert isinstance(verify, ssl.SSLContext)
+        assert verify.verify_mode is ssl.CERT_REQUIRED and verify.check_hostname
+        assert verify.cert_store_stats()["x509_ca"] == 0
+    key = "proxaro_test_" + "a" * 32
+    with Proxaro(api_key=key, base_url=url) as client:
+        assert client._http is not None  # made without error, nothing sent
+    async with AsyncProxaro(api_key=key, base_url=url) as aclient:
+        assert aclient._http is not None

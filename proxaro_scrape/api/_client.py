@@ -226,7 +226,9 @@ class Proxaro(_ClientBase):
                 f"http_client must be an httpx.Client, got {type(http_client).__name__}",
                 param="http_client",
             )
-        self._http = http_client or _deadline.http_client(self._config.timeout)[0]
+        self._http = (
+            http_client or _deadline.http_client(self._config.timeout, self._config.base_url)[0]
+        )
         self.account = r.AccountResource(self)
         self.usage = r.UsageResource(self)
         self.orders = r.OrdersResource(self)
@@ -316,7 +318,9 @@ class AsyncProxaro(_ClientBase):
                 f"http_client must be an httpx.AsyncClient, got {type(http_client).__name__}",
                 param="http_client",
             )
-        self._http = http_client or httpx.AsyncClient(timeout=self._config.timeout)
+        self._http = http_client or httpx.AsyncClient(
+            timeout=self._config.timeout, verify=_deadline.tls_for(self._config.base_url)
+        )
         self.account = r.AsyncAccountResource(self)
         self.usage = r.AsyncUsageResource(self)
         self.orders = r.AsyncOrdersResource(self)
