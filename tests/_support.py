@@ -10,8 +10,10 @@ reading counters, not by sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -64,3 +66,16 @@ async def aeventually(
                 f"not within {timeout:g} s: {text or predicate!r} (last: {value!r})"
             )
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs.
+
+    The socket stays bound (and not listening) until the block ends, so no other process (a
+    sandbox in another xdist worker, say) can start listening there in the meantime, as it
+    could on a port that was only found free and let go.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])

@@ -32,6 +32,7 @@ from click.testing import CliRunner, Result
 
 from proxaro_scrape.cli import main
 from proxaro_scrape.sandbox import Sandbox
+from tests._support import refused_port
 
 EXE = str(Path(sys.executable).with_name("proxaro-scrape"))
 WRONG_KEY = "proxaro_test_" + "0" * 32
@@ -517,10 +518,10 @@ def test_wrong_key_local_and_remote_is_one_line(sandbox: Sandbox) -> None:
 
 
 def test_unreachable_api_is_one_line() -> None:
-    port = free_port()  # nobody listens there
-    line = one_error_line(
-        cli(None, "--api-key", WRONG_KEY, "--base-url", f"http://127.0.0.1:{port}", "account")
-    )
+    with refused_port() as port:
+        line = one_error_line(
+            cli(None, "--api-key", WRONG_KEY, "--base-url", f"http://127.0.0.1:{port}", "account")
+        )
     assert "Could not reach" in line and f"127.0.0.1:{port}" in line
 
 
@@ -548,10 +549,10 @@ def test_console_script_errors_are_one_line(sandbox: Sandbox) -> None:
     assert "HTTP 401" in wrong and "request req_" in wrong
     local = one_error_line(run("--api-key", "proxaro_test_123", "account"), code=2)
     assert "--api-key" in local
-    port = free_port()
-    gone = one_error_line(
-        run("--api-key", WRONG_KEY, "--base-url", f"http://127.0.0.1:{port}", "status")
-    )
+    with refused_port() as port:
+        gone = one_error_line(
+            run("--api-key", WRONG_KEY, "--base-url", f"http://127.0.0.1:{port}", "status")
+        )
     assert "Could not reach" in gone
     ok = run("--api-key", sandbox.api_key, "--base-url", sandbox.api_url, "credentials", "--json")
     assert ok.returncode == 0, ok.stderr

@@ -22,7 +22,7 @@ from proxaro_scrape.sandbox.delivery import (
 )
 from proxaro_scrape.sandbox.world import WebhookAttempt, WebhookEndpoint, World
 from proxaro_scrape.webhooks import WebhookEvent, WebhookReceiver, verify_signature
-from tests._support import aeventually
+from tests._support import aeventually, refused_port
 from tests.conftest import SandboxFactory
 
 SECRET = "whsec_test_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
@@ -270,7 +270,12 @@ async def test_non_2xx_and_redirects_are_retried(sb: Sandbox) -> None:
 
 
 async def test_gives_up_after_24_hours(sb: Sandbox) -> None:
-    hook = register(sb, f"https://127.0.0.1:{free_port()}/", ["*"])
+    with refused_port() as port:
+        await _gives_up_after_24_hours(sb, port)
+
+
+async def _gives_up_after_24_hours(sb: Sandbox, port: int) -> None:
+    hook = register(sb, f"https://127.0.0.1:{port}/", ["*"])
     sb.call(sb.world.emit, "order.expired", {"object": "order", "id": "ord_2"})
     await aeventually(lambda: len(attempts(sb, hook)) == 1)
     for _ in range(40):
@@ -375,6 +380,11 @@ async def test_other_accounts_endpoints_get_nothing(sb: Sandbox) -> None:
 
 
 async def test_close_cancels_pending_work_quickly() -> None:
+    with refused_port() as refused:
+        await _close_cancels_pending_work_quickly(refused)
+
+
+async def _close_cancels_pending_work_quickly(refused: int) -> None:
     world = World(seed=0)
     ca = trustme.CA()
     client = ssl.create_default_context()
@@ -383,7 +393,7 @@ async def test_close_cancels_pending_work_quickly() -> None:
     deliverer.start()
     world.webhooks.append(
         WebhookEndpoint(
-            "wh_1", f"https://127.0.0.1:{free_port()}/", ["*"], None, SECRET, 0.0, world.account.id
+            "wh_1", f"https://127.0.0.1:{refused}/", ["*"], None, SECRET, 0.0, world.account.id
         )
     )
     world.emit("order.paid", {"object": "order", "id": "ord_1"})
