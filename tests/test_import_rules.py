@@ -433,3 +433,38 @@ def test_the_checker_sees_every_kind_of_import() -> None:
 def test_the_core_rule_flags_what_it_should(source: str, module: str, flagged: bool) -> None:
     found = [v for imp in imports_of(source, module) for v in violations_of_the_core(imp)]
     assert bool(found) is flagged, found
+
+
+def test_the_scrapy_integration_loads_only_what_a_crawl_needs() -> None:
+    """The package root is lazy (PEP 562): a crawl's start imports neither the webhook receiver,
+    nor the sandbox, nor the fleet, nor ``importlib.metadata`` for ``__version__``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scrapy.crawler\n"
+        "before = set(sys.modules)\n"
+        "import proxaro_scrape.integrations.scrapy\n"
+        "from proxaro_scrape import GatewayManager\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    assert "proxaro_scrape.gateway.manager" in out
+    unwanted = ("proxaro_scrape.webhooks", "proxaro_scrape.sandbox", "proxaro_scrape.fleet")
+    assert not [m for m in out if m.startswith(unwanted) or m == "importlib.metadata"]
+
+
+def test_every_public_name_of_the_package_root_resolves() -> None:
+    import proxaro_scrape
+
+    for name in proxaro_scrape.__all__:
+        assert getattr(proxaro_scrape, name) is not None, name
+    assert set(proxaro_scrape.__all__) <= set(dir(proxaro_scrape))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        proxaro_scrape.Nope  # noqa: B018 - the attribute access is the test
+    from proxaro_scrape import GatewayManager
+    from proxaro_scrape.gateway.manager import GatewayManager as Home
+
+    assert GatewayManager is Home

@@ -16,7 +16,6 @@ from plain data:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,6 +149,8 @@ def closest_countries(pool: PoolView, code: str, n: int = 3) -> list[str]:
     if fixed in pool.countries:
         out.append(fixed)  # type: ignore[arg-type]
     codes = sorted(pool.countries)
+    import difflib  # an error's suggestion: not worth an import at every start
+
     for match in difflib.get_close_matches(code, codes, n=n + 2, cutoff=0.4):
         if match not in out:
             out.append(match)

@@ -41,7 +41,6 @@ field                         accepted
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -213,6 +212,8 @@ def check_option_names(options: Mapping[str, Any]) -> None:
     names = GatewayConfig.option_names()
     for name in options:
         if name not in names:
+            import difflib  # an error's suggestion: not worth an import at every start
+
             close = difflib.get_close_matches(name, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigurationError(f"unknown gateway option {name!r}{hint}", param=name)
