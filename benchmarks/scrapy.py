@@ -51,7 +51,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import child_env
+from benchmarks import child_env, child_python, compile_package
 
 __all__ = ["run", "run_instructions"]
 
@@ -209,7 +209,7 @@ def _launch(config: dict[str, Any]) -> subprocess.Popen[str]:
     proc = subprocess.Popen(  # noqa: S603 - our own module, with our own arguments
         # The config (the API key, a proxy URL with the password) goes in by stdin, not on the
         # command line, where any user of the machine could read it.
-        [sys.executable, "-m", _ME, "--child", "-"],
+        [child_python(), "-m", _ME, "--child", "-"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -323,6 +323,7 @@ def run(
     rounds = rounds or (2 if quick else 7)
     pages = pages or (300 if quick else 2000)
     seconds = seconds or _PAIRED_WINDOW[0 if quick else 1]
+    compile_package(child_python())
     with Sandbox(seed=0) as sb:
         sides = _sides(sb, concurrency)
         # Warm the sandbox (its upstream keep-alive pool, the shop's pages) before measuring,
@@ -432,6 +433,8 @@ def _figures(
     # How busy the machine was: the figures mean less the further above the core count.
     out["load_average"] = {"before": load_before, "after": _load(), "cpus": os.cpu_count()}
     out["quick"] = quick
+    # Which interpreter the crawlers ran on (PROXARO_BENCH_PYTHON: a lean venv, or this one).
+    out["python"] = child_python()
     return out
 
 
@@ -467,6 +470,7 @@ def run_instructions(
     if valgrind is None:
         raise RuntimeError("valgrind is not installed")
     counts: dict[str, list[int]] = {m: [] for m in sides}
+    compile_package(child_python())
     with Sandbox(seed=0) as sb, tempfile.TemporaryDirectory(prefix="proxaro-callgrind-") as tmp:
         configs = _sides(sb, concurrency, _NO_TIMED_WORK)
         jobs = []
@@ -478,7 +482,7 @@ def run_instructions(
                         valgrind,
                         "--tool=callgrind",
                         f"--callgrind-out-file={out}",
-                        sys.executable,
+                        child_python(),
                         "-m",
                         _ME,
                         "--child",
