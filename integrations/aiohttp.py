@@ -393,11 +393,11 @@ class ProxaroMiddleware:
         if outcome.ok:
             setattr(response, EXIT_KEY, outcome.exit)
             return response, outcome, None
-        await _discard(response, reuse=not tunnel)
+        await _discard(response, req, reuse=not tunnel)
         return None, outcome, None
 
 
-async def _discard(response: ClientResponse, *, reuse: bool) -> None:
+async def _discard(response: ClientResponse, req: ClientRequest, *, reuse: bool) -> None:
     length = response.content_length
     if reuse and length is not None and length <= DRAIN_LIMIT:
         try:
@@ -407,13 +407,33 @@ async def _discard(response: ClientResponse, *, reuse: bool) -> None:
             return
         response.release()
         return
+    # Not to be reused (a tunnel holds on to its exit: the next attempt must CONNECT anew).
+    # While the body is still arriving, closing the response closes its connection.  But
     # aiohttp hands a connection back to its pool as soon as a short body has arrived, before
-    # anyone reads it: closing the response is then too late to drop the connection, so its
-    # protocol is closed as well (the pool discards a closed connection).
+    # anyone reads it, and another request may have taken it from there since: so once the
+    # connection is back, it is closed only if it still waits idle in the pool.
+    released = getattr(response, "_connection", None) is None
     protocol = getattr(response, "_protocol", None)
     response.close()
-    if protocol is not None:
-        protocol.close()
+    if released and protocol is not None:
+        _close_if_idle(getattr(getattr(req, "session", None), "connector", None), protocol)
+
+
+def _close_if_idle(connector: Any, protocol: Any) -> bool:
+    """Take ``protocol`` out of ``connector``'s idle pool and close it (``True``); if it is not
+    there (another request is using it), leave it alone (``False``)."""
+    pools = getattr(connector, "_conns", None)
+    if not isinstance(pools, dict):  # pragma: no cover - another aiohttp
+        return False
+    for key, idle in pools.items():
+        for item in idle:
+            if item[0] is protocol:
+                idle.remove(item)
+                if not idle:
+                    del pools[key]
+                protocol.close()
+                return True
+    return False
 
 
 def _scrub(exc: BaseException) -> None:

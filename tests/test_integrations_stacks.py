@@ -287,3 +287,28 @@ def test_an_untrusted_target_certificate_fails_once(sandbox) -> None:
                 client.get(f"{sandbox.site_https_url}/ip")
         assert mgr.stats().get("outcomes/connection_error", 0) == 0
     assert sandbox.world.counters["gateway.tunnels"] - before == 1
+
+
+async def test_aiohttp_drops_a_connection_back_in_the_pool_only_while_it_is_idle(
+    sandbox: Sandbox,
+) -> None:
+    """A failed answer's connection is not to be reused; aiohttp may have handed it back to
+    the pool already (a short body), and another request may have taken it since: it is closed
+    only while idle, never under the request that holds it."""
+    _close_if_idle = px_aiohttp._close_if_idle
+
+    async with aiohttp.ClientSession() as session:
+        connector = session.connector
+        async with session.get(f"{sandbox.site_url}/ip") as r:
+            await r.read()
+        ((_, idle),) = connector._conns.items()  # type: ignore[union-attr]
+        waiting = idle[0][0]
+        assert _close_if_idle(connector, waiting) is True
+        assert not waiting.is_connected() and not connector._conns  # type: ignore[union-attr]
+        # A connection in use (a body still streaming in) is not in the pool: left alone.
+        async with session.get(f"{sandbox.site_url}/stream/20?delay_ms=20") as busy:
+            held = busy._protocol
+            assert held is not None
+            assert _close_if_idle(connector, held) is False
+            assert held.is_connected()
+            assert len(await busy.read()) > 0
