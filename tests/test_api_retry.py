@@ -195,6 +195,8 @@ def _transport(exc: Exception, cls: type[APIConnectionError]) -> APIConnectionEr
         (_transport(httpx.RemoteProtocolError("dropped"), APIConnectionError), True, False),
         (_transport(httpx.ReadError("reset"), APIConnectionError), True, False),
         (_transport(httpx.UnsupportedProtocol("ftp"), APIConnectionError), False, False),
+        # The call's own deadline (a pacing wait or a retry that would not fit): no time left.
+        (_base.deadline_error("GET", "https://api.proxaro.io/v1/plans", 2.0), False, False),
         (ConfigurationError("bad", param="x"), False, False),
         (ValueError("bug"), False, False),
     ],
@@ -341,6 +343,18 @@ def test_pacer_spreads_requests_with_a_burst_and_a_window() -> None:
     pacer = Pacer(6, window=6.0, headroom=1.0, burst=3)
     # Three back to back, then one a second, and never more than 6 in any 6 s.
     assert [pacer.reserve(0.0) for _ in range(9)] == [0, 0, 0, 1, 2, 3, 6, 6, 6]
+
+
+def test_a_wait_the_caller_cannot_afford_books_nothing() -> None:
+    pacer = Pacer(1, window=600.0, burst=1)  # one request per ten minutes
+    assert pacer.reserve(0.0) == 0
+    # Refused: 600 s is more than the 2 s the caller has; no slot is booked for it...
+    assert pacer.reserve(0.0, within=2.0) == 600.0
+    assert pacer.reserve(0.0, within=2.0) == 600.0
+    # ...so the next request waits for the first one's window only, not for the refused ones'.
+    assert pacer.reserve(0.0) == 600.0
+    assert pacer.reserve(0.0) == 1200.0  # that one booked its slot: the next waits behind it
+    assert pacer.reserve(0.0, within=1300.0) == 1800.0
 
 
 def test_pacer_waits_relative_to_now() -> None:

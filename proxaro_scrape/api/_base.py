@@ -502,6 +502,8 @@ def should_retry(exc: BaseException, *, idempotent: bool) -> bool:
         if exc.status in RETRY_ANY_METHOD:
             return True
         return idempotent and exc.status in RETRY_IDEMPOTENT
+    if isinstance(exc, APITimeoutError) and exc.__cause__ is None:
+        return False  # the call's own deadline (deadline_error): no time is left to retry in
     if isinstance(exc, APIConnectionError):
         cause = exc.__cause__
         if isinstance(cause, httpx.UnsupportedProtocol):

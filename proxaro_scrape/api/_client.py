@@ -117,8 +117,8 @@ class _ClientBase:
         pacer = self._config.pacer
         if pacer is None:
             return 0.0
-        delay = pacer.reserve(time.time())
         left = time_left(deadline)
+        delay = pacer.reserve(time.time(), within=left)
         if left is not None and delay >= left:
             assert self._config.deadline is not None
             raise deadline_error(request.method, str(request.url), self._config.deadline)

@@ -117,17 +117,22 @@ class Pacer:
             return None
         return max(1, math.floor(base * self.headroom))
 
-    def reserve(self, now: float) -> float:
-        """Book a slot for one request; return how many seconds to wait before sending it."""
+    def reserve(self, now: float, *, within: float | None = None) -> float:
+        """Book a slot for one request; return how many seconds to wait before sending it.
+
+        ``within``: the most the caller can wait.  A wait of that or more books nothing (the
+        request will not be sent, so its slot must not delay the next one): the caller sees
+        the wait, and gives up.
+        """
         with self._lock:
             slot = max(now, self._not_before)
             budget = self.budget
+            interval = gcra = 0.0
             if budget is not None:
                 interval = self.window / budget
                 burst = min(self.burst or max(1, budget // 6), budget)
                 # Even spacing with a burst tolerance (GCRA)...
-                slot = max(slot, self._tat - (burst - 1) * interval)
-                self._tat = max(self._tat, slot) + interval
+                slot = gcra = max(slot, self._tat - (burst - 1) * interval)
                 # ...and never more than `budget` in any sliding window.
                 while len(self._sent) > budget:
                     self._sent.popleft()
@@ -135,9 +140,13 @@ class Pacer:
                     slot = max(slot, self._sent[-budget] + self.window)
                 if self._sent:
                     slot = max(slot, self._sent[-1])  # first come, first served: stays sorted
+            wait = slot - now
+            if within is not None and wait >= within:
+                return wait
+            if budget is not None:
+                self._tat = max(self._tat, gcra) + interval
                 self._sent.append(slot)
             # Sub-microsecond waits are float noise of the arithmetic above, not pacing.
-            wait = slot - now
             return wait if wait > 1e-6 else 0.0
 
     def observe(self, rate_limit: RateLimit, now: float) -> None:
