@@ -13,7 +13,6 @@ reactor, pytest-twisted) while a fault script runs beside it.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -31,6 +30,7 @@ from proxaro_scrape.integrations.scrapy import (
     ProxaroDownloaderMiddleware,
     ProxaroGaveUp,
 )
+from tests._support import aeventually
 
 #: Request chains (and CONCURRENT_REQUESTS) of a fault-suite crawl.
 CONCURRENCY = 12
@@ -227,13 +227,9 @@ async def crawl_under(
     runner = CrawlerRunner(settings)
     crawler = runner.create_crawler(Sustained)
     done = runner.crawl(crawler, bases=bases, **spider_kw)
-    spider: Sustained | None = None
-    deadline = time.monotonic() + 30
-    while spider is None and time.monotonic() < deadline:
-        spider = crawler.spider  # type: ignore[assignment]
-        if spider is None:
-            await sleep(0.02)
-    assert spider is not None, "the spider never opened"
+    spider: Sustained = await aeventually(
+        lambda: crawler.spider, message="the spider never opened", sleep=sleep
+    )
     try:
         if script is not None:
             await script(spider)
@@ -264,11 +260,8 @@ def manager_of(crawler: Crawler) -> GatewayManager:
     raise AssertionError("no ProxaroDownloaderMiddleware in this crawl")
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``predicate`` on the reactor until it holds (True) or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await sleep(0.05)
+async def wait_until(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
+    """Poll ``predicate`` on the reactor until it holds (``True``); fails the test past
+    ``timeout`` seconds (a bound for a broken test only: tests/_support.py's ``aeventually``)."""
+    await aeventually(predicate, timeout, interval=0.05, sleep=sleep)
     return True

@@ -51,8 +51,13 @@ async def aeventually(
     timeout: float = DEFAULT_TIMEOUT,
     interval: float = 0.02,
     message: str | Callable[[], str] = "",
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> T:
-    """:func:`eventually` for async code: ``predicate`` may be a plain or an async callable."""
+    """:func:`eventually` for async code: ``predicate`` may be a plain or an async callable.
+
+    ``sleep`` waits between two looks: ``asyncio.sleep``, or the reactor's under Twisted
+    (``tests._scrapy_traffic.sleep``).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -65,7 +70,7 @@ async def aeventually(
             raise AssertionError(
                 f"not within {timeout:g} s: {text or predicate!r} (last: {value!r})"
             )
-        await asyncio.sleep(interval)
+        await sleep(interval)
 
 
 @contextlib.contextmanager

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -14,16 +13,14 @@ from proxaro_scrape import GatewayManager
 from proxaro_scrape.errors import ConfigurationError
 from proxaro_scrape.sandbox import Sandbox
 from tests._redis import RedisServer, redis_server  # noqa: F401 - the fixture
+from tests._support import aeventually, eventually
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def until(condition: object, timeout: float = 30.0) -> None:
-    """Wait for ``condition()`` (a bounded loop; the bound only stops a broken test)."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
+def until(condition: Callable[[], object], timeout: float = 30.0) -> None:
+    """Wait for ``condition()`` (the bound only stops a broken test)."""
+    eventually(condition, timeout, interval=0.005)
 
 
 def credentials_calls(sb: Sandbox) -> int:
@@ -193,10 +190,7 @@ async def test_async_workers_join_the_fleet_and_share_one_refresh(
             *(m.arefresh_credentials(m.credentials_version) for m in managers for _ in range(2))
         )
         assert await asyncio.to_thread(credentials_calls, sandbox) - before <= 2
-        deadline = time.monotonic() + 30  # bounds only a broken test
-        while not all(m.credentials_version == 2 for m in managers):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await aeventually(lambda: all(m.credentials_version == 2 for m in managers))
     finally:
         for mgr in managers:
             await mgr.aclose()

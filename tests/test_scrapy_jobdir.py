@@ -19,14 +19,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from proxaro_scrape.sandbox import Sandbox
+from tests._support import eventually
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "scrapy_shop"
 
@@ -78,12 +79,8 @@ def _scraped(log: Path) -> int:
         return 0
 
 
-def _wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+def _wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    eventually(predicate, timeout, message=what)
 
 
 def _ids(feed: Path) -> list[int]:

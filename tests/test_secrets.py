@@ -300,21 +300,21 @@ async def test_no_secret_anywhere_in_a_scrapy_crawl(
 
     async def script(spider: Sustained) -> None:
         # Traffic under the first password first (answers, not a fixed pause).
-        await wait_until(lambda: spider.responses >= 10, 10.0)
+        await wait_until(lambda: spider.responses >= 10)
         passwords.append((await control(sb, "rotate"))["password"])
         assert spider.crawler is not None
         mgr = manager_of(spider.crawler)
         # Until the 407s after the grace have brought the new password in (a loaded machine
         # may take a while), then until exits failing every attempt have spent a budget.
-        await wait_until(lambda: mgr.stats().get("rotations", 0) >= 1, 10.0)
+        await wait_until(lambda: mgr.stats().get("rotations", 0) >= 1)
         objects.update(manager=mgr, credentials=mgr.credentials)
         objects["route"] = mgr.request(f"{sb.site_url}/ip").next_route()
         await control(sb, "gateway", exit_drop_rate=1.0)
-        await wait_until(lambda: sum(spider.failures.values()) >= 2, 10.0)
+        await wait_until(lambda: sum(spider.failures.values()) >= 2)
         await control(sb, "gateway", exit_drop_rate=0.0)
         # Some traffic on healthy exits again before the crawl ends.
         healthy_from = spider.responses
-        await wait_until(lambda: spider.responses >= healthy_from + 5, 10.0)
+        await wait_until(lambda: spider.responses >= healthy_from + 5)
 
     bases = [sb.site_url, sb.site_https_url]
     settings = settings_for(sb, LOG_LEVEL="DEBUG", PROXARO_STICKY="domain")
