@@ -374,7 +374,10 @@ def test_a_407_storm_from_threads_makes_exactly_one_credentials_call(sandbox: Sa
             attempts = list(pool.map(one, range(50)))
         sender.close()
         after = counters(sandbox)
-    assert attempts.count(2) >= 45
+    # Every request got through, on the old password's 407 and a retry, or (a thread the
+    # machine started late, after the refresh) on the new password at once; the storm, however
+    # many threads it caught, cost one credentials call.
+    assert set(attempts) <= {1, 2} and 2 in attempts, attempts
     assert after[CREDENTIALS_CALLS] - before.get(CREDENTIALS_CALLS, 0) == 1
 
 
