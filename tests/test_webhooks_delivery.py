@@ -223,8 +223,9 @@ async def test_down_receiver_is_retried_with_backoff_until_up(sb: Sandbox) -> No
     assert not first.ok and first.status is None and "connection" in (first.error or "")
     assert first.next_retry_at == pytest.approx(first.attempted_at + 30)
 
-    # The retry waits in the queue until it is due in world time...
-    assert sb.call(lambda: sb.deliverer.pending) == 1
+    # The retry waits in the queue until it is due in world time (once the first attempt's
+    # task has ended, it is all that is pending)...
+    await aeventually(lambda: sb.call(lambda: sb.deliverer.pending) == 1)
     sb.call(sb.world.clock.advance, 30)
     await aeventually(lambda: len(attempts(sb, hook)) == 2)
     second = attempts(sb, hook)[1]
@@ -240,6 +241,7 @@ async def test_down_receiver_is_retried_with_backoff_until_up(sb: Sandbox) -> No
         third = attempts(sb, hook)[2]
         assert third.ok and third.status == 200 and third.next_retry_at is None
         # Delivered: no further attempt however far the clock goes (nothing is queued).
+        await aeventually(lambda: sb.call(lambda: sb.deliverer.pending) == 0)
         sb.call(sb.world.clock.advance, 86400)
         assert sb.call(lambda: sb.deliverer.pending) == 0
         assert len(attempts(sb, hook)) == 3
@@ -293,7 +295,9 @@ async def _gives_up_after_24_hours(sb: Sandbox, port: int) -> None:
     gaps = [b.attempted_at - a.attempted_at for a, b in zip(got, got[1:])]
     assert gaps[0] == pytest.approx(31, abs=1) and gaps[1] == pytest.approx(61, abs=1)
     assert sb.world.counters["webhooks.abandoned"] == 1
-    # Abandoned: nothing is queued, so no attempt comes however far the clock goes.
+    # Abandoned: nothing is queued (once the last attempt's task has ended), so no attempt
+    # comes however far the clock goes.
+    await aeventually(lambda: sb.call(lambda: sb.deliverer.pending) == 0)
     sb.call(sb.world.clock.advance, 7 * 86400)
     assert sb.call(lambda: sb.deliverer.pending) == 0
     assert len(attempts(sb, hook)) == len(got)
@@ -397,8 +401,9 @@ async def _close_cancels_pending_work_quickly(refused: int) -> None:
         )
     )
     world.emit("order.paid", {"object": "order", "id": "ord_1"})
-    await aeventually(lambda: len(world.attempts) == 1)
-    assert deliverer.pending == 1  # the retry waits
+    # The attempt is recorded, its retry queued, and then its task ends: wait for all three.
+    await aeventually(lambda: len(world.attempts) == 1 and deliverer.pending == 1)
+    assert deliverer.pending == 1  # the retry waits (due in 30 s)
     # It does not wait for the retry, due in 30 s: the bound is a failure bound, far from it.
     await asyncio.wait_for(deliverer.close(), timeout=20)
     assert deliverer.pending == 0
