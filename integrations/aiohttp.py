@@ -72,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -119,6 +120,23 @@ FAILURES = (
     ((aiohttp.ClientConnectionError, aiohttp.ClientPayloadError), Failure.CONNECTION),
 )  # fmt: skip
 _CALLER_FAULTS = (aiohttp.InvalidURL,)
+_AIOHTTP_DIR = os.path.dirname(aiohttp.__file__)
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """aiohttp (3.14, seen on Python 3.13) reads an answer from a connection that closed under
+    it, when the gateway refuses a streamed body and closes while the body is still being
+    written: ``ClientResponse.start`` then raises ``AttributeError`` (its protocol is ``None``)
+    instead of a ``ClientConnectionError``.  Such an error, raised inside aiohttp itself, is a
+    lost connection; an ``AttributeError`` from anywhere else is a bug, and propagates."""
+    if not isinstance(exc, AttributeError):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.dirname(tb.tb_frame.f_code.co_filename) == _AIOHTTP_DIR
 
 
 def exit_of(response: ClientResponse) -> ExitInfo | None:
@@ -367,7 +385,7 @@ class ProxaroMiddleware:
             _scrub(exc)
             if isinstance(exc, _CALLER_FAULTS):
                 raise
-            failure = failure_of(exc, FAILURES)
+            failure = Failure.CONNECTION if _lost_connection(exc) else failure_of(exc, FAILURES)
             if failure is None:
                 raise
             return None, observe_failure(rr, failure), exc

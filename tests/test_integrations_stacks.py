@@ -312,3 +312,22 @@ async def test_aiohttp_drops_a_connection_back_in_the_pool_only_while_it_is_idle
             assert _close_if_idle(connector, held) is False
             assert held.is_connected()
             assert len(await busy.read()) > 0
+
+
+async def test_aiohttp_reading_a_connection_that_closed_under_it_is_a_lost_connection() -> None:
+    """aiohttp's own ``ClientResponse.start`` on a connection whose protocol is gone (the
+    gateway closed while a streamed body was being written) raises AttributeError; the edge
+    takes that, and only that, for a lost connection."""
+    import contextlib
+    import types
+
+    _lost_connection = px_aiohttp._lost_connection
+    response = types.SimpleNamespace(_timer=contextlib.nullcontext())
+    closed = types.SimpleNamespace(protocol=None)
+    with pytest.raises(AttributeError) as inside:
+        await aiohttp.ClientResponse.start(response, closed)  # type: ignore[arg-type]
+    assert _lost_connection(inside.value)
+    with pytest.raises(AttributeError) as ours:
+        closed.protocol.read()  # type: ignore[attr-defined]
+    assert not _lost_connection(ours.value)
+    assert not _lost_connection(aiohttp.ClientConnectionError("not an AttributeError"))
