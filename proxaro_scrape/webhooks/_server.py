@@ -42,6 +42,10 @@ def aiohttp_web() -> ModuleType:
     return web
 
 
+#: Seconds a closing receiver waits for requests still arriving (see :meth:`close`).
+_SHUTDOWN_TIMEOUT = 5.0
+
+
 class WebhookReceiver(ReceiverCore):
     """Receives Proxaro webhooks: verify, deduplicate, answer at once, then dispatch.
 
@@ -139,7 +143,9 @@ class WebhookReceiver(ReceiverCore):
         web = aiohttp_web()
         if self._runner is not None:
             raise RuntimeError("the receiver is already serving")
-        runner = web.AppRunner(self.make_app(), access_log=None)
+        # aiohttp's own shutdown waits up to 60 s for requests in progress (a delivery still
+        # sending its body, say) before close() gets to its handlers: bound it as well.
+        runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
@@ -157,7 +163,8 @@ class WebhookReceiver(ReceiverCore):
         return self.url
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Stop serving, let running handlers finish (up to ``timeout``), then cancel them."""
+        """Stop serving (requests still arriving get up to 5 s), let running handlers finish
+        (up to ``timeout``), then cancel them."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
