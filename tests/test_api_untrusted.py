@@ -30,7 +30,7 @@ from conftest import run_async
 
 from proxaro_scrape import AsyncProxaro, Pacer, Proxaro
 from proxaro_scrape._secrets import Secret
-from proxaro_scrape.api import _deadline, _validate
+from proxaro_scrape.api import _validate
 from proxaro_scrape.api._base import ClientConfig, RequestSpec, RetryPolicy, retrying_kwargs
 from proxaro_scrape.api._models import Credentials
 from proxaro_scrape.errors import (
@@ -406,13 +406,6 @@ def test_a_pacing_wait_beyond_the_deadline_raises_at_once(kind: str, slept: list
     finally:
         server.close()
     assert err.value.timeout == 2.0 and server.connections == 1
-
-
-def test_the_sync_client_sends_through_the_deadline_backend() -> None:
-    """Pins the one private attribute the sync deadline relies on (httpx's pool backend)."""
-    client, installed = _deadline.http_client(httpx.Timeout(5.0))
-    client.close()
-    assert installed
 
 
 def _limited(status: int, retry_after: str) -> Callable[[web.Request], web.Response]:

@@ -226,8 +226,8 @@ class Proxaro(_ClientBase):
                 f"http_client must be an httpx.Client, got {type(http_client).__name__}",
                 param="http_client",
             )
-        self._http = (
-            http_client or _deadline.http_client(self._config.timeout, self._config.base_url)[0]
+        self._http = http_client or _deadline.http_client(
+            self._config.timeout, self._config.base_url
         )
         self.account = r.AccountResource(self)
         self.usage = r.UsageResource(self)
@@ -318,8 +318,8 @@ class AsyncProxaro(_ClientBase):
                 f"http_client must be an httpx.AsyncClient, got {type(http_client).__name__}",
                 param="http_client",
             )
-        self._http = http_client or httpx.AsyncClient(
-            timeout=self._config.timeout, verify=_deadline.tls_for(self._config.base_url)
+        self._http = http_client or _deadline.async_http_client(
+            self._config.timeout, self._config.base_url
         )
         self.account = r.AsyncAccountResource(self)
         self.usage = r.AsyncUsageResource(self)
@@ -349,8 +349,10 @@ class AsyncProxaro(_ClientBase):
             await asyncio.sleep(delay)
         left = self._time_left(request, deadline)
         try:
-            # The whole attempt, however the server spaces its bytes, ends with the deadline.
-            response = await asyncio.wait_for(self._http.send(request), left)
+            # The whole attempt, however the server spaces its bytes, ends with the deadline
+            # (and, on the client's own transport, so does each of its socket operations).
+            with deadline_scope(deadline):
+                response = await asyncio.wait_for(self._http.send(request), left)
         except httpx.TransportError as exc:
             raise self._timed_out(exc, request) from exc
         except asyncio.TimeoutError:

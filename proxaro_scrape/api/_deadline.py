@@ -1,33 +1,37 @@
-"""One deadline per API call, enforced under httpx's per-read timeouts.
+"""One deadline per API call, enforced under httpx's per-read timeouts; the clients' transports.
 
 httpx's timeouts bound each socket operation: a server that trickles a byte every half second
-never trips a 30 s read timeout, and a call would last as long as the server likes.  The async
-client bounds a whole attempt with ``asyncio.wait_for``.  The sync client cannot interrupt a
-blocking read from outside, so the client it builds for itself sends through a network backend
-whose every connect, TLS handshake, write and read gets at most what is left of the call's
-deadline (kept in a context variable around the send), and fails with httpcore's timeout once
-nothing is left; httpx maps that to its own ``TimeoutException`` as for any timeout.
+never trips a 30 s read timeout, and a call would last as long as the server likes.  So the
+clients send through :class:`~._wire.WireTransport`, whose every connect, TLS handshake, write
+and read gets at most what is left of the call's deadline (kept in a context variable around
+the send by :func:`deadline_scope`), and fails with httpx's timeout once nothing is left.  The
+async client also bounds a whole attempt with ``asyncio.wait_for``.
 
-A ``httpx.Client`` the caller brings is not modified: its reads get the time left when each
-attempt starts as their per-read timeout, which bounds a silent server but not a trickling one.
+The async client sends through the same sync transport, from worker threads
+(:class:`ThreadedTransport`): httpx's native async transport runs on httpcore and anyio, whose
+asyncio backend alone costs a process some 25 ms of CPU at its first API call.
+
+A client the caller brings (``http_client=``) is not modified: its reads get the time left when
+each attempt starts as their per-read timeout, which bounds a silent server but not a trickling
+one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import functools
 import ssl
+import threading
 import time
 import typing
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
-import httpcore
 import httpx
 
-#: The ``time.monotonic()`` by which the call being sent on this thread must end.
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "proxaro_api_deadline", default=None
-)
+from proxaro_scrape.api._wire import DEADLINE, WireTransport
 
 
 def time_left(deadline: float | None, now: float | None = None) -> float | None:
@@ -48,90 +52,12 @@ def clamp_timeout(timeout: httpx.Timeout, left: float | None) -> dict[str, float
 
 @contextlib.contextmanager
 def deadline_scope(deadline: float | None) -> Iterator[None]:
-    """Within the block, sends on this thread end by ``deadline`` (through :class:`Backend`)."""
-    token = _DEADLINE.set(deadline)
+    """Within the block, sends from this context end by ``deadline`` (a ``time.monotonic()``)."""
+    token = DEADLINE.set(deadline)
     try:
         yield
     finally:
-        _DEADLINE.reset(token)
-
-
-def _bounded(timeout: float | None, exc: type[Exception]) -> float | None:
-    deadline = _DEADLINE.get()
-    if deadline is None:
-        return timeout
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise exc("the API call's deadline passed")
-    return left if timeout is None else min(timeout, left)
-
-
-class _Stream(httpcore.NetworkStream):
-    """A network stream whose every operation ends by the call's deadline."""
-
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        inner = self._inner.start_tls(
-            ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout)
-        )
-        return _Stream(inner)
-
-    def get_extra_info(self, info: str) -> typing.Any:
-        return self._inner.get_extra_info(info)
-
-
-class Backend(httpcore.NetworkBackend):
-    """httpcore's sync backend with the deadline applied to every socket operation."""
-
-    def __init__(self, inner: httpcore.NetworkBackend | None = None) -> None:
-        self._inner = inner or httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: typing.Iterable[typing.Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(
-            host,
-            port,
-            _bounded(timeout, httpcore.ConnectTimeout),
-            local_address=local_address,
-            socket_options=socket_options,
-        )
-        return _Stream(stream)
-
-    def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: typing.Iterable[typing.Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_unix_socket(
-            path, _bounded(timeout, httpcore.ConnectTimeout), socket_options=socket_options
-        )
-        return _Stream(stream)
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
+        DEADLINE.reset(token)
 
 
 def tls_for(base_url: str) -> ssl.SSLContext | bool:
@@ -148,18 +74,83 @@ def tls_for(base_url: str) -> ssl.SSLContext | bool:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts no root
 
 
-def http_client(timeout: httpx.Timeout, base_url: str = "https:") -> tuple[httpx.Client, bool]:
-    """The ``httpx.Client`` a sync client builds for itself, and whether the deadline backend
-    is in place.
+def http_client(timeout: httpx.Timeout, base_url: str = "https:") -> httpx.Client:
+    """The ``httpx.Client`` a sync client builds for itself (on :class:`WireTransport`)."""
+    return httpx.Client(transport=WireTransport(verify=tls_for(base_url)), timeout=timeout)
 
-    httpx takes no network backend as an argument, so it is set on the transport's connection
-    pool; should a future httpx move that attribute, the client still works, with per-read
-    timeouts only (the second value says which, and a test pins it).
+
+def async_http_client(timeout: httpx.Timeout, base_url: str = "https:") -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` an async client builds for itself: the sync client's transport,
+    run from worker threads (:class:`ThreadedTransport`)."""
+    transport = ThreadedTransport(WireTransport(verify=tls_for(base_url)))
+    return httpx.AsyncClient(transport=transport, timeout=timeout)
+
+
+class ThreadedTransport(httpx.AsyncBaseTransport):
+    """An asyncio transport that sends through a sync one in worker threads.
+
+    API calls are few (a handful per crawl) and small (JSON documents), so a thread per call in
+    flight costs nothing that matters, where anyio's asyncio backend, which httpx's own async
+    transport needs, costs every asyncio process some 25 ms of CPU at its first call.  Each
+    request runs in a copy of the caller's context, so the deadline of
+    :func:`deadline_scope` bounds its every socket operation; the whole body is read in the
+    thread, by that deadline too.  A caller that stops waiting (``asyncio.wait_for``, a
+    cancelled task) leaves the thread to finish by its deadline and timeouts, and the
+    connection to go back to the pool or be closed.
     """
-    transport = httpx.HTTPTransport(verify=tls_for(base_url))
-    pool = getattr(transport, "_pool", None)
-    installed = False
-    if isinstance(pool, httpcore.ConnectionPool) and hasattr(pool, "_network_backend"):
-        pool._network_backend = Backend(pool._network_backend)
-        installed = True
-    return httpx.Client(transport=transport, timeout=timeout), installed
+
+    #: Threads at most, which is also how many calls of one client are sent at once.
+    MAX_THREADS = 16
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _threads(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise httpx.ConnectError("the client is closed")
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self.MAX_THREADS, thread_name_prefix="proxaro-api"
+                )
+            return self._executor
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        content = await request.aread()  # small JSON bodies: sent whole from the thread
+        sync_request = httpx.Request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            stream=httpx.ByteStream(content),
+            extensions=request.extensions,
+        )
+        send = functools.partial(contextvars.copy_context().run, self._send, sync_request)
+        return await asyncio.get_running_loop().run_in_executor(self._threads(), send)
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        try:
+            # Raw bytes: the client decodes the body (gzip and the like) itself, once.
+            raw = b"".join(typing.cast("typing.Iterable[bytes]", response.stream))
+        finally:
+            response.close()
+        extensions = {
+            k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")
+        }
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(raw),
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._inner.close()
