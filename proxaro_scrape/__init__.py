@@ -2,14 +2,16 @@
 
 The public surface is re-exported here; the real code lives in private modules.  The names are
 loaded on first use (PEP 562): ``import proxaro_scrape.integrations.scrapy`` costs a crawl only
-the modules it needs (not the webhook receiver, nor ``importlib.metadata`` for
-``__version__``), and ``from proxaro_scrape import GatewayManager`` works as it always did.
+the modules it needs (not the webhook receiver, nor the sandbox), and ``from proxaro_scrape
+import GatewayManager`` works as it always did.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from proxaro_scrape._version import __version__
 
 if TYPE_CHECKING:
     from proxaro_scrape.api import (
@@ -148,8 +150,6 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is not None:
         value = getattr(importlib.import_module(home), name)
-    elif name == "__version__":
-        value = _version()
     else:
         raise AttributeError(f"module 'proxaro_scrape' has no attribute {name!r}")
     globals()[name] = value  # once: the next lookup is a plain module attribute
@@ -158,16 +158,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        # One version source: the distribution's metadata, which pyproject.toml's version fills.
-        return metadata.version("proxaro-scrape")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a tree that was never installed
-        return "0+unknown"
 
 
 __all__ = [

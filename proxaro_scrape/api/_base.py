@@ -20,11 +20,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
-import tenacity
-import tenacity.stop
 
 from proxaro_scrape import protocol
 from proxaro_scrape._secrets import Secret
@@ -45,6 +43,9 @@ from proxaro_scrape.errors import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
+
+if TYPE_CHECKING:
+    import tenacity
 
 T = TypeVar("T")
 
@@ -514,6 +515,17 @@ def should_retry(exc: BaseException, *, idempotent: bool) -> bool:
     return False
 
 
+def worth_retrying(config: ClientConfig, spec: RequestSpec[Any], exc: BaseException) -> bool:
+    """Whether a first attempt's failure calls for the retrying at all.
+
+    The clients make a call's first attempt themselves and hand over to tenacity (imported
+    then: most calls never need it, and it costs a process 6 ms to import) only when this
+    says so; tenacity then replays that failure as its attempt 1 and decides, with
+    :func:`retrying_kwargs`, exactly as if it had made it.
+    """
+    return config.max_retries > 0 and should_retry(exc, idempotent=spec.idempotent)
+
+
 def retrying_kwargs(
     config: ClientConfig,
     spec: RequestSpec[Any],
@@ -529,6 +541,9 @@ def retrying_kwargs(
     what is left stops the retrying at once, and a ``Retry-After`` that is the cause says so in
     the error, with the time asked and the time left.
     """
+    import tenacity
+    import tenacity.stop
+
     policy = config.retry_policy
     idempotent = spec.idempotent
     attempts = config.max_retries + 1

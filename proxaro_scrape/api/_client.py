@@ -2,7 +2,9 @@
 
 Both resolve their configuration, build requests and read responses through
 :mod:`proxaro_scrape.api._base`; only the sending (``httpx.Client`` vs ``httpx.AsyncClient``)
-and the sleeping (``time.sleep`` vs ``asyncio.sleep``, via tenacity) differ.
+and the sleeping (``time.sleep`` vs ``asyncio.sleep``, via tenacity) differ.  A call's first
+attempt is made directly; tenacity, imported then, takes over only once a retry is due
+(:func:`~proxaro_scrape.api._base.worth_retrying`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from types import TracebackType
 from typing import TypeVar
 
 import httpx
-import tenacity
 
 from proxaro_scrape._secrets import Secret
 from proxaro_scrape.api import _deadline
@@ -31,6 +32,7 @@ from proxaro_scrape.api._base import (
     parse_response,
     resolve_config,
     retrying_kwargs,
+    worth_retrying,
 )
 from proxaro_scrape.api._deadline import clamp_timeout, deadline_scope, time_left
 from proxaro_scrape.api._models import APIStatus
@@ -245,8 +247,23 @@ class Proxaro(_ClientBase):
 
     def _request(self, spec: RequestSpec[T]) -> T:
         request, deadline = self._start(spec)
+        try:
+            return self._send_once(request, spec, deadline)
+        except Exception as exc:
+            if not worth_retrying(self._config, spec, exc):
+                raise
+            failed: Exception | None = exc
+        import tenacity  # a retry is due (see worth_retrying)
+
+        def attempt(request: httpx.Request, spec: RequestSpec[T], deadline: float | None) -> T:
+            nonlocal failed
+            if failed is not None:  # attempt 1, already made: its failure, replayed
+                exc, failed = failed, None
+                raise exc
+            return self._send_once(request, spec, deadline)
+
         retrying = tenacity.Retrying(**retrying_kwargs(self._config, spec, deadline=deadline))
-        return retrying(self._send_once, request, spec, deadline)
+        return retrying(attempt, request, spec, deadline)
 
     def _send_once(self, request: httpx.Request, spec: RequestSpec[T], deadline: float | None) -> T:
         delay = self._pace(request, deadline)
@@ -337,8 +354,25 @@ class AsyncProxaro(_ClientBase):
 
     async def _request(self, spec: RequestSpec[T]) -> T:
         request, deadline = self._start(spec)
+        try:
+            return await self._send_once(request, spec, deadline)
+        except Exception as exc:
+            if not worth_retrying(self._config, spec, exc):
+                raise
+            failed: Exception | None = exc
+        import tenacity  # a retry is due (see worth_retrying)
+
+        async def attempt(
+            request: httpx.Request, spec: RequestSpec[T], deadline: float | None
+        ) -> T:
+            nonlocal failed
+            if failed is not None:  # attempt 1, already made: its failure, replayed
+                exc, failed = failed, None
+                raise exc
+            return await self._send_once(request, spec, deadline)
+
         retrying = tenacity.AsyncRetrying(**retrying_kwargs(self._config, spec, deadline=deadline))
-        result: T = await retrying(self._send_once, request, spec, deadline)
+        result: T = await retrying(attempt, request, spec, deadline)
         return result
 
     async def _send_once(
