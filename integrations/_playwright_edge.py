@@ -13,6 +13,14 @@ the scrapy-playwright glue.
   own 407 inside a tunnel is refused by Chromium as ``net::ERR_UNEXPECTED_PROXY_AUTH`` and
   never shown.  So a 407 navigation response over HTTPS is the gateway's, and nothing else of
   the CONNECT answer is known: over HTTPS the exit is not known (``None``).
+- **a page's own requests refused** (:func:`refused_by_gateway`, :func:`observe_refusal`): a
+  context carries the credentials it was made with.  After a rotation without grace the gateway
+  refuses them, and a page whose navigation was answered before can still have its scripts'
+  requests refused (a 407: with the gateway's ``X-Proxaro-Error`` over plain HTTP; over HTTPS
+  Chromium shows the CONNECT's 407, then fails the request with
+  ``net::ERR_TUNNEL_CONNECTION_FAILED``).  Its render is then incomplete (a product page that
+  says "error" on a 200): the attempt is read as the credentials refused, so the page is
+  loaded again, in a context with the new ones.
 - **context slots** (:class:`ContextSlots`): browser contexts, one per route, at most
   ``maxsize`` alive at any moment, least recently used closed first; one in use is never
   closed under its pages (a new route waits for a slot instead).
@@ -46,6 +54,8 @@ __all__ = [
     "failure_of_playwright",
     "is_heavy",
     "observe_navigation_error",
+    "observe_refusal",
+    "refused_by_gateway",
 ]
 
 K = TypeVar("K", bound=Hashable)
@@ -128,6 +138,24 @@ def observe_navigation_error(
     if failure is None:
         return None
     return observe_failure(rr, failure)
+
+
+def refused_by_gateway(status: int, headers: Any, url: str) -> bool:
+    """Is this answer to one of a page's own requests the gateway refusing the context's
+    credentials?  A 407: over HTTPS always the gateway's (Chromium never shows a site's 407
+    inside a tunnel); over plain HTTP only with the gateway's ``X-Proxaro-Error`` (``headers``:
+    Playwright's, names lower-cased)."""
+    if status != 407:
+        return False
+    return url[:6].lower() == "https:" or "x-proxaro-error" in (headers or {})
+
+
+def observe_refusal(rr: RequestRouting, headers: Any, url: str) -> Outcome:
+    """Observe an attempt whose page had one of its requests refused (:func:`refused_by_gateway`)
+    instead of its navigation's answer: the credentials refused, whatever the page showed."""
+    if url[:6].lower() == "https:":
+        return observe_failure(rr, Failure.TUNNEL_REFUSED, status=407)
+    return observe_answer(rr, 407, headers, tunnel=False)
 
 
 def context_proxy(route: Route) -> ProxySettings:

@@ -81,6 +81,8 @@ from ._playwright_edge import (
     context_proxy,
     is_heavy,
     observe_navigation_error,
+    observe_refusal,
+    refused_by_gateway,
 )
 
 __all__ = [
@@ -436,11 +438,14 @@ class ProxaroBrowser:
             page = await context.new_page()
             main_frame = page.main_frame
             seen: list[Response] = []
+            refused: list[Response] = []
 
             def on_response(response: Response) -> None:
                 # The main frame's navigation answers: a failed navigation still shows its status.
                 if response.request.is_navigation_request() and response.frame == main_frame:
                     seen.append(response)
+                elif refused_by_gateway(response.status, response.headers, response.url):
+                    refused.append(response)  # the page's own request: credentials refused
 
             page.on("response", on_response)
             try:
@@ -468,7 +473,11 @@ class ProxaroBrowser:
             finally:
                 if page is not None:
                     page.remove_listener("response", on_response)
-            outcome = await self._observe(rr, response, tunnel)
+            if refused:
+                # Loaded, but not whole: the page's own requests were refused (see the edge).
+                outcome = observe_refusal(rr, refused[0].headers, refused[0].url)
+            else:
+                outcome = await self._observe(rr, response, tunnel)
             if outcome.ok:
                 visit = self._keep(slot, page, response, outcome, route)
                 page = None

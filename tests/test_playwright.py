@@ -114,6 +114,27 @@ def test_the_saver_rule_for_scrapy_playwright() -> None:
     assert heavy == ["image", "font", "media"]
 
 
+@pytest.mark.parametrize(
+    ("status", "headers", "url", "refused"),
+    [
+        (407, {"x-proxaro-error": "auth_failed"}, "http://shop.test/api/1.json", True),
+        (407, {}, "http://shop.test/api/1.json", False),  # the site's own 407, in the clear
+        (407, {}, "https://shop.test/api/1.json", True),  # inside a tunnel: the CONNECT's
+        (407, None, "HTTPS://shop.test/x", True),
+        (403, {"x-proxaro-error": "auth_failed"}, "http://shop.test/x", False),
+        (200, {}, "https://shop.test/x", False),
+        (502, {"x-proxaro-error": "exit_unreachable"}, "http://shop.test/x", False),
+    ],
+    ids=["http_gateway", "http_site", "https", "https_upper", "403", "200", "exit_502"],
+)
+def test_which_answers_to_a_pages_own_requests_are_the_gateway_refusing_it(
+    status: int, headers: Any, url: str, refused: bool
+) -> None:
+    from proxaro_scrape.integrations._playwright_edge import refused_by_gateway
+
+    assert refused_by_gateway(status, headers, url) is refused
+
+
 # ---------------------------------------------------------------------------- context slots
 
 

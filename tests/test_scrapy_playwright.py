@@ -272,6 +272,46 @@ async def test_a_rotation_with_no_grace_loses_nothing(
     assert not any(pw.encode() in blob for pw in passwords for blob in spider.scheduled)
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest_twisted.ensureDeferred
+async def test_a_page_whose_own_requests_the_gateway_refused_is_loaded_again(
+    sandbox: Sandbox, scheme: str
+) -> None:
+    """The gap a rotation without grace left: the navigation answered with the old password,
+    then the page's own request refused (a 407), and a page rendered "error" delivered as a
+    success.  Deterministic: the rotation happens between the navigation and the page's fetch
+    (a page method), once; over HTTPS the fetch goes to another host, so a new CONNECT."""
+    import asyncio
+
+    sb = sandbox
+    base = sb.site_url if scheme == "http" else sb.site_https_url
+    other = base.replace("127.0.0.1", "localhost")  # over HTTPS: a tunnel of its own
+    rotated: list[bool] = []
+
+    async def rotate_once(page: Any) -> None:
+        if not rotated:
+            rotated.append(True)
+            await asyncio.to_thread(sb.control, "grace", seconds=0)
+            await asyncio.to_thread(sb.control, "rotate")
+
+    fetch = PageMethod(
+        "evaluate",
+        "url => fetch(url, {mode: 'no-cors'}).then(r => 'sent').catch(e => 'refused')",
+        f"{other}/api/product/2.json",
+    )
+    meta = {"playwright_page_methods": [RENDERED, PageMethod(rotate_once), fetch]}
+    crawler, spider = await crawl(settings_for(sb), requests=[(f"{base}/js/product/1", meta)])
+    assert rotated == [True]
+    assert spider.errors == {}
+    [page] = spider.pages.values()
+    assert page["rendered"] == "true" and page["name"]
+    assert fetch.result == "sent"  # the delivered attempt's own request went through
+    assert stat(crawler, "proxaro/credentials_version") == 2
+    assert stat(crawler, "proxaro/retries") == 1
+    assert page["context"].endswith(f"v2/{scheme}") or ":v2:" in page["context"]
+    assert stat(crawler, "proxaro/playwright/contexts") == 2
+
+
 async def _crawl_with(
     sb: Sandbox, requests: list[tuple[str, dict[str, Any]]], on_page: Any, **extra: Any
 ) -> tuple[Crawler, Pages]:

@@ -347,7 +347,11 @@ class ProxaroDownloaderMiddleware(Lifecycle):
         tunnel = _tunnelled(request)
         connect_headers = connect[1] if connect else None
         status = response.status
-        if self._is_ban:
+        refused = self.playwright.observe_refusal(held, rr) if held is not None else None
+        if refused is not None:
+            # The page's own requests were refused (new credentials, no grace): read as such.
+            outcome = refused
+        elif self._is_ban:
             # The user's hook gets Scrapy's own Headers and the (decompressed) body.
             outcome = observe_answer(
                 rr,

@@ -109,20 +109,23 @@ _OURS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class _Held:
-    """What one attempt holds: its context slot, and the navigation answers its page saw."""
+    """What one attempt holds: its context slot, the navigation answers its page saw, and the
+    first of its page's own requests the gateway refused (headers and URL), if any."""
 
-    __slots__ = ("slot", "statuses")
+    __slots__ = ("slot", "statuses", "refused")
 
     def __init__(self, slot: Slot[_Key, _Named]) -> None:
         self.slot = slot
         self.statuses: list[tuple[int, dict[str, str]]] = []
+        self.refused: tuple[dict[str, str], str] | None = None
 
 
 def _watcher(
-    held: _Held, user: Any, frameless: type[Exception]
+    held: _Held, user: Any, frameless: type[Exception], refused_by_gateway: Callable[..., bool]
 ) -> Callable[[Any], Awaitable[None]]:
     """A ``response`` handler for one attempt's page: learns its context, keeps the main
-    frame's navigation answers, then calls the request's own handler (``user``), if any.
+    frame's navigation answers and the first of the page's requests the gateway refused
+    (``refused_by_gateway``), then calls the request's own handler (``user``), if any.
     Lives in ``meta`` only while the request is being downloaded (see :func:`strip`).
     ``frameless``: what Playwright raises for a response without a frame (a service worker's)."""
 
@@ -137,6 +140,10 @@ def _watcher(
                 # The status is what matters (and, rarely, an empty error page's headers):
                 # the provisional headers need no round trip to the browser.
                 held.statuses.append((response.status, response.headers))
+            elif held.refused is None and refused_by_gateway(
+                response.status, response.headers, response.url
+            ):
+                held.refused = (response.headers, response.url)
         except frameless:
             logger.debug("a response without a frame (a service worker's): not the page's")
         if user is not None:
@@ -182,6 +189,7 @@ class PlaywrightRoutes:
             ContextSlots,
             context_name,
             context_proxy,
+            refused_by_gateway,
         )
 
         if self.max_contexts < 1:
@@ -224,7 +232,7 @@ class PlaywrightRoutes:
         if isinstance(user, str):
             user = getattr(self.crawler.spider, user, None)
         held = self._held[fid] = _Held(slot)
-        handlers["response"] = _watcher(held, user, PlaywrightError)
+        handlers["response"] = _watcher(held, user, PlaywrightError, refused_by_gateway)
         meta[_HANDLERS] = handlers
 
     def take(self, request: Request, fid: Any) -> _Held | None:
@@ -242,6 +250,16 @@ class PlaywrightRoutes:
         if not ok:
             await self._slots.retire(held.slot)
         await self._slots.release(held.slot)
+
+    def observe_refusal(self, held: _Held, rr: RequestRouting) -> Outcome | None:
+        """The outcome of an attempt whose page had one of its own requests refused by the
+        gateway (its render is incomplete, whatever the navigation said); ``None``: none was."""
+        if held.refused is None:
+            return None
+        from proxaro_scrape.integrations._playwright_edge import observe_refusal
+
+        headers, url = held.refused
+        return observe_refusal(rr, headers, url)
 
     async def observe_error(
         self, held: _Held, rr: RequestRouting, exc: BaseException, tunnel: bool
