@@ -436,8 +436,9 @@ def test_the_core_rule_flags_what_it_should(source: str, module: str, flagged: b
 
 
 def test_the_scrapy_integration_loads_only_what_a_crawl_needs() -> None:
-    """The package root is lazy (PEP 562): a crawl's start imports neither the webhook receiver,
-    nor the sandbox, nor the fleet, nor ``importlib.metadata`` for ``__version__``."""
+    """The package root is lazy (PEP 562): a crawl's start imports neither the webhook receiver
+    and its gate, nor the sandbox, nor the fleet, nor ``importlib.metadata`` for
+    ``__version__``, nor tenacity (until a retry), nor httpcore and anyio (never)."""
     import subprocess
     import sys
 
@@ -452,7 +453,15 @@ def test_the_scrapy_integration_loads_only_what_a_crawl_needs() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout.split()
     assert "proxaro_scrape.gateway.manager" in out
-    unwanted = ("proxaro_scrape.webhooks", "proxaro_scrape.sandbox", "proxaro_scrape.fleet")
+    unwanted = (
+        "proxaro_scrape.webhooks",
+        "proxaro_scrape.sandbox",
+        "proxaro_scrape.fleet",
+        "proxaro_scrape.gateway._events",  # the webhook gate: on the first event
+        "tenacity",  # on the first retry
+        "httpcore",
+        "anyio",
+    )
     assert not [m for m in out if m.startswith(unwanted) or m == "importlib.metadata"]
 
 
