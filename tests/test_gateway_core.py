@@ -181,6 +181,16 @@ def test_bad_targets_raise_in_request_before_anything_is_sent(
     assert core.stats().get("requests", 0) == before.get("requests", 0)
 
 
+def test_a_dict_equal_to_an_accepted_one_is_still_checked() -> None:
+    """A regression: the core kept its own cache of dict targets keyed by their items alone,
+    so after ``{"sesstime": 1}`` it took ``{"sesstime": True}`` (equal, same hash) for it."""
+    core, _ = make()
+    _, route = send(core, {"session": "basket", "sesstime": 1})
+    assert route.username.endswith("-session-basket-sesstime-1")
+    with pytest.raises(TargetError, match="whole minutes"):
+        core.request("http://shop.test/", {"session": "basket", "sesstime": True})
+
+
 def test_asn_targeting_on_starter_says_it_needs_growth() -> None:
     core, _ = make()
     core.install_pool(PoolView().with_countries(country_from_model(c) for c in COUNTRIES)

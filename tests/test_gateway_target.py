@@ -122,6 +122,27 @@ def test_coerce() -> None:
     assert info.value.param == "target"
 
 
+def test_a_dict_target_is_checked_once_and_never_confused_with_an_equal_one() -> None:
+    from proxaro_scrape.gateway import target as target_module
+
+    spec = {"country": "de", "session": "basket", "sesstime": 1}
+    first = Target.coerce(spec)
+    assert Target.coerce(dict(spec)) is first  # the same check, found: no new object
+    # True == 1 (and they hash alike), but only 1 is a number of minutes: checked, refused.
+    with pytest.raises(TargetError, match="whole minutes"):
+        Target.coerce({**spec, "sesstime": True})
+    # A refused dict is refused every time; an unhashable one is checked every time.
+    for _ in range(2):
+        with pytest.raises(TargetError):
+            Target.coerce({"country": "DE"})
+    listed = {"country": ["de", "fr"]}
+    assert Target.coerce(listed) == Target(countries=("de", "fr"))
+    # Bounded, however many distinct dicts come.
+    for i in range(target_module._COERCED_LIMIT + 10):
+        Target.coerce({"session": f"s{i}"})
+    assert len(target_module._COERCED) <= target_module._COERCED_LIMIT
+
+
 def test_targets_are_frozen_hashable_and_comparable() -> None:
     a = Target(country="us", city="New York")
     b = Target(country="us", city="new_york")

@@ -117,7 +117,6 @@ class RoutingCore:
         self.last_refresh_error: str | None = None
         self._plans: dict[str, Plan] = {}  # by Target._key, per pool version
         self._steps: dict[Target, Step] = {}
-        self._coerced: dict[Any, Target] = {}
         self._warned: set[str] = set()
         self._asn_in_use: set[str] = set()
         #: Called (outside the per-request lock's critical work) with a country code whose ASNs
@@ -200,21 +199,8 @@ class RoutingCore:
         return t
 
     def _coerce(self, target: Any) -> Target:
-        try:
-            cache_key: Any = tuple(sorted(target.items())) if isinstance(target, Mapping) else None
-            hash(cache_key)
-        except TypeError:
-            cache_key = None
-        if cache_key is not None:
-            hit = self._coerced.get(cache_key)
-            if hit is not None:
-                return hit
-        t = Target.coerce(target)
+        t = Target.coerce(target)  # a dict is checked once, then found (Target.coerce's cache)
         assert t is not None
-        if cache_key is not None:
-            if len(self._coerced) >= _CACHE_LIMIT:
-                self._coerced.clear()
-            self._coerced[cache_key] = t
         return t
 
     def _open_session(

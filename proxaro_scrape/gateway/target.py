@@ -60,6 +60,11 @@ _SESSION = re.compile(rf"[A-Za-z0-9]{{1,{protocol.MAX_SESSION_ID_LENGTH}}}\Z")
 #: Keys a mapping may use in :meth:`Target.coerce`: the field names, plus the grammar's own
 #: names (``class``, ``sesstime``) so that a dict copied from a username reads naturally.
 _ALIASES = {"class": "exit_class", "sesstime": "session_ttl"}
+#: Dict targets already checked, by their items: a spider that writes ``{"country": "de"}`` on
+#: every request pays for its validation once (the integrations check a request's dict where
+#: it is given, the core again: both hit this).  Bounded: cleared when full.
+_COERCED: dict[tuple[Any, ...], Target] = {}
+_COERCED_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -243,7 +248,16 @@ class Target:
         if value is None or isinstance(value, Target):
             return value
         if isinstance(value, Mapping):
-            names = {f.name for f in fields(cls) if f.init}
+            try:
+                # Each value's type in the key too: 1 and True are equal, and only one of them
+                # may be a valid value.
+                cache_key: Any = tuple((k, type(v), v) for k, v in value.items())
+                hit = _COERCED.get(cache_key) if cls is Target else None
+            except TypeError:  # an unhashable value (a list of countries): checked each time
+                cache_key = hit = None
+            if hit is not None:
+                return hit
+            names = _TARGET_FIELDS if cls is Target else _init_names(cls)
             kwargs: dict[str, Any] = {}
             for key, val in value.items():
                 name = _ALIASES.get(key, key)
@@ -255,7 +269,12 @@ class Target:
                 if name in kwargs:
                     raise TargetError(f"target key {name!r} given twice", param=name)
                 kwargs[name] = val
-            return cls(**kwargs)
+            target = cls(**kwargs)
+            if cache_key is not None and cls is Target:
+                if len(_COERCED) >= _COERCED_LIMIT:
+                    _COERCED.clear()
+                _COERCED[cache_key] = target
+            return target
         raise TargetError(
             f"a target is a Target, a dict or None, not {type(value).__name__}", param="target"
         )
@@ -381,3 +400,11 @@ def _clip(value: Any, limit: int = 40) -> str:
     """``repr(value)``, cut short: an error message never echoes a 100,000-character value."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _init_names(cls: type[Target]) -> frozenset[str]:
+    """The field names a target's dict may use (besides the grammar's aliases)."""
+    return frozenset(f.name for f in fields(cls) if f.init)
+
+
+_TARGET_FIELDS = _init_names(Target)
