@@ -194,7 +194,8 @@ def _stack_figures() -> list[Figure]:
                 f"{r['static_process_cpu_ms_per_page']} ms/page (steady window "
                 f"{r['steady_cpu_per_page_ratio']}×, fixed cost "
                 f"+{r['middleware_fixed_cpu_extra_s']} s); scrapy-rotating-proxies "
-                f"{r['rotating_process_cpu_ms_per_page']} ms/page"
+                f"{r['rotating_process_cpu_ms_per_page_ratio']}× "
+                f"({r['rotating_process_cpu_ms_per_page']} ms/page)"
             ),
         )
     )
