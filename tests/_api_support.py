@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -161,3 +163,71 @@ def driver_fixture(request: Any, sb: Sandbox | None) -> Iterator[Driver]:
         yield driver
     finally:
         driver.close()
+
+
+class RawServer:
+    """A loopback server on raw sockets, in threads, for what a well-behaved HTTP server never
+    does (trickle, fall silent, drop a connection, close an idle one without a word).
+
+    Each accepted connection (TLS-wrapped when ``tls`` is given) goes to :meth:`serve` in a
+    thread of its own, and is closed after it.  Counts connections accepted and closed.
+    """
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.connections = 0
+        self.closed = 0
+        self._tls = tls
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def stopping(self) -> bool:
+        """Set by :meth:`close`: a :meth:`serve` that loops stops looping."""
+        return self._stop.is_set()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when the server closes meanwhile."""
+        self._stop.wait(seconds)
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # the 0.2 s poll of the stop flag, or the listener closed
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        conn.settimeout(10.0)
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            self.serve(conn)
+        except OSError:  # ssl.SSLError too: the client went, or refused the certificate
+            pass
+        finally:
+            conn.close()
+            self.closed += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(5)
+
+    def __enter__(self) -> RawServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

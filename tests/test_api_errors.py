@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from _api_support import Driver, TinyServer, counters, driver_fixture
+from _api_support import Driver, RawServer, TinyServer, counters, driver_fixture
 from aiohttp import web
 
 from proxaro_scrape import RetryPolicy
@@ -255,31 +254,11 @@ def test_connection_refused_is_retried_for_get_and_post(
         assert all(KEY not in r.getMessage() for r in caplog.records)
 
 
-class DroppingServer:
+class DroppingServer(RawServer):
     """Accepts connections and closes them without answering: the request may have arrived."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.recv(65536)
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-        self._thread.join(5)
+    def serve(self, conn: socket.socket) -> None:
+        conn.recv(65536)
 
 
 def test_dropped_connection_retried_for_get_not_for_post(bare: Driver) -> None:

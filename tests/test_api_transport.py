@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _api_support import RawServer
 from _support import eventually, refused_port
 from aiohttp import web
 from conftest import run_async
@@ -181,80 +182,44 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m == "importl
 # ---------------------------------------------------------------------------- the wire
 
 
-class RawServer:
-    """A loopback HTTP/1.1 server on raw sockets, each connection answered by ``answer``.
+class Scripted(RawServer):
+    """A loopback HTTP/1.1 server on raw sockets, each request answered by ``answer``.
 
     ``answer(n, head, body)`` gets the connection's request count so far, the request head and
     body, and returns the bytes to send and whether to close the connection after them (without
     saying so: as a server closes an idle keep-alive connection).  ``None`` closes at once,
-    unanswered.  Counts connections; optional TLS.
+    unanswered.
     """
 
     def __init__(self, answer: Any, tls: ssl.SSLContext | None = None) -> None:
         self.answer = answer
-        self.connections = 0
-        self.closed = 0
         self.requests: list[bytes] = []
-        self._tls = tls
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accepting = threading.Thread(target=self._accept, daemon=True)
-        self._accepting.start()
+        super().__init__(tls)
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.connections += 1
-            t = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        sock.settimeout(10.0)
-        try:
-            if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_side=True)
-            reader = sock.makefile("rb")
-            n = 0
-            while not self._stop.is_set():
-                head = b""
-                while not head.endswith(b"\r\n\r\n"):
-                    line = reader.readline()
-                    if not line:
-                        return
-                    head += line
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = reader.read(length) if length else b""
-                self.requests.append(head + body)
-                n += 1
-                reply = self.answer(n, head, body)
-                if reply is None:
+    def serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        n = 0
+        while not self.stopping:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = reader.readline()
+                if not line:
                     return
-                data, close = reply
-                sock.sendall(data)
-                if close:
-                    return
-        except (OSError, ssl.SSLError):
-            return
-        finally:
-            sock.close()
-            self.closed += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._accepting.join(5)
-        self._listener.close()
-        for t in self._threads:
-            t.join(5)
+                head += line
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            body = reader.read(length) if length else b""
+            self.requests.append(head + body)
+            n += 1
+            reply = self.answer(n, head, body)
+            if reply is None:
+                return
+            data, close = reply
+            conn.sendall(data)
+            if close:
+                return
 
 
 def _ok(body: bytes = b'{"ok": true}', *extra: str) -> bytes:
@@ -265,11 +230,11 @@ def _ok(body: bytes = b'{"ok": true}', *extra: str) -> bytes:
 
 
 @pytest.fixture
-def raw() -> Iterator[Callable[..., RawServer]]:
-    servers: list[RawServer] = []
+def raw() -> Iterator[Callable[..., Scripted]]:
+    servers: list[Scripted] = []
 
-    def start(answer: Any, tls: ssl.SSLContext | None = None) -> RawServer:
-        servers.append(RawServer(answer, tls))
+    def start(answer: Any, tls: ssl.SSLContext | None = None) -> Scripted:
+        servers.append(Scripted(answer, tls))
         return servers[-1]
 
     yield start
@@ -281,7 +246,7 @@ def _client(**kw: Any) -> httpx.Client:
     return httpx.Client(transport=WireTransport(**kw), timeout=5.0)
 
 
-def test_a_kept_alive_connection_carries_the_next_calls(raw: Callable[..., RawServer]) -> None:
+def test_a_kept_alive_connection_carries_the_next_calls(raw: Callable[..., Scripted]) -> None:
     server = raw(lambda n, head, body: (_ok(b'{"n": %d}' % n), False))
     with _client() as client:
         answers = [client.get(f"http://127.0.0.1:{server.port}/v1/x").json() for _ in range(3)]
@@ -292,7 +257,7 @@ def test_a_kept_alive_connection_carries_the_next_calls(raw: Callable[..., RawSe
 @pytest.mark.parametrize("method", ["GET", "POST"])
 @pytest.mark.parametrize("wait", ["closed", "racing"])
 def test_a_connection_the_server_closed_while_idle_is_replaced_once(
-    raw: Callable[..., RawServer], method: str, wait: str
+    raw: Callable[..., Scripted], method: str, wait: str
 ) -> None:
     # Each connection answers one request, then closes without a word (an idle timeout).
     server = raw(lambda n, head, body: (_ok(b'{"body": "%s"}' % body.decode().encode()), True))
@@ -310,7 +275,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_once(
 
 
 def test_a_fresh_connection_closed_unanswered_is_a_protocol_error(
-    raw: Callable[..., RawServer],
+    raw: Callable[..., Scripted],
 ) -> None:
     server = raw(lambda n, head, body: None)
     with _client() as client, pytest.raises(httpx.RemoteProtocolError):
@@ -323,7 +288,7 @@ def test_a_refused_connection_is_a_connect_error() -> None:
         client.get(f"http://127.0.0.1:{port}/v1/status")
 
 
-def test_a_chunked_gzipped_answer_is_read_and_decoded(raw: Callable[..., RawServer]) -> None:
+def test_a_chunked_gzipped_answer_is_read_and_decoded(raw: Callable[..., Scripted]) -> None:
     payload = gzip.compress(b'{"object": "list", "data": []}')
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
     server = raw(
@@ -338,7 +303,7 @@ def test_a_chunked_gzipped_answer_is_read_and_decoded(raw: Callable[..., RawServ
     assert b"accept-encoding: gzip" in server.requests[0].lower()
 
 
-def test_the_request_goes_out_as_httpx_built_it(raw: Callable[..., RawServer]) -> None:
+def test_the_request_goes_out_as_httpx_built_it(raw: Callable[..., Scripted]) -> None:
     server = raw(lambda n, head, body: (_ok(), False))
     with _client() as client:
         client.post(
@@ -357,7 +322,7 @@ def test_the_request_goes_out_as_httpx_built_it(raw: Callable[..., RawServer]) -
 
 
 def test_a_silent_server_times_out_reading_and_the_deadline_bounds_each_read(
-    raw: Callable[..., RawServer],
+    raw: Callable[..., Scripted],
 ) -> None:
     release = threading.Event()
 
@@ -382,7 +347,7 @@ def test_a_silent_server_times_out_reading_and_the_deadline_bounds_each_read(
 
 
 def test_tls_is_verified_against_the_roots_given(
-    raw: Callable[..., RawServer], tmp_path: Path
+    raw: Callable[..., Scripted], tmp_path: Path
 ) -> None:
     import trustme
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import tenacity
-from _api_support import TinyServer
+from _api_support import RawServer, TinyServer
 from aiohttp import web
 from conftest import run_async
 
@@ -253,8 +252,8 @@ def test_the_loopback_url_reaches_the_listener_it_names(listener: Listener) -> N
 # ---------------------------------------------------------------------------- deadlines
 
 
-class SlowServer:
-    """A raw loopback HTTP server in a thread, answering each connection per ``mode``:
+class SlowServer(RawServer):
+    """Answers each connection per ``mode``:
 
     ``head``: trickles an endless header, one byte every ``gap`` seconds;
     ``body``: a complete head announcing 10,000 bytes, then one byte every ``gap``;
@@ -265,60 +264,31 @@ class SlowServer:
     def __init__(self, mode: str, gap: float = 0.1) -> None:
         self.mode = mode
         self.gap = gap
-        self.connections = 0
-        self._stop = threading.Event()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            data = b""
-            try:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    data += chunk
-                if self.mode == "fast":
-                    body = b'{"object": "list", "data": []}'
-                    conn.sendall(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-                    )
-                    return
-                if self.mode == "body":
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n")
-                elif self.mode == "head":
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                while not self._stop.is_set():
-                    if self.mode != "silent":
-                        conn.sendall(b"a")
-                    self._stop.wait(self.gap)
-            except OSError:
+    def serve(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
                 return
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        for thread in self._threads:
-            thread.join(5)
+            data += chunk
+        if self.mode == "fast":
+            body = b'{"object": "list", "data": []}'
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            return
+        if self.mode == "body":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n")
+        elif self.mode == "head":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while not self.stopping:
+            if self.mode != "silent":
+                conn.sendall(b"a")
+            self.wait(self.gap)
 
 
 DEADLINE = 1.0
