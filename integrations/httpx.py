@@ -22,10 +22,15 @@ verify=ssl_context)``; ``limits`` and other :class:`httpx.HTTPTransport` options
 
 How a request travels:
 
-- **Plain HTTP**: one inner transport whose proxy is the gateway *without* credentials; each
+- **Plain HTTP**: inner transports whose proxy is the gateway *without* credentials; each
   request carries its own ``Proxy-Authorization`` (the gateway authenticates every request on
   its own), so requests with different targets share keep-alive connections: the gateway sees
-  no more connections than there are requests in flight, whatever the targeting.
+  no more connections than there are requests in flight, whatever the targeting.  The pool is
+  split in :data:`PLAIN_SHARDS` shards, each with its part of ``limits``, and a request goes to
+  the one with the fewest requests in flight (until its response is closed): httpcore's pool
+  bookkeeping grows with the square of one pool's connections (at 64 in flight, one pool cost
+  three times the CPU per request of four), while least-loaded shards never hold more than
+  their share, so the bound on connections stays what it was.
 - **HTTPS**: the tunnel is authenticated once, by its ``CONNECT``, so tunnels are pooled per
   gateway username and credentials version: inner transports in a bounded LRU
   (``tunnel_pools``), each closed when evicted and no longer carrying a request.  The exit of a
@@ -103,6 +108,9 @@ DEFAULT_LIMITS = httpx.Limits(
     max_connections=100, max_keepalive_connections=100, keepalive_expiry=60.0
 )
 
+#: Shards of the plain-HTTP pool (fewer when ``limits`` allows fewer connections).
+PLAIN_SHARDS = 4
+
 _EXT_TARGET = "proxaro"
 _EXT_SESSION = "proxaro_session"
 #: httpx's exceptions → the core's vocabulary (first match wins).  A refused CONNECT is read
@@ -123,6 +131,48 @@ def _replayable(request: httpx.Request) -> bool:
     # ByteStream (bytes, json, form data, no body) can be iterated again; generators, files
     # and multipart streams of files cannot be trusted to.
     return isinstance(request.stream, httpx.ByteStream)
+
+
+class _Shards:
+    """The plain-HTTP pool, split: a request takes the shard with the fewest requests in flight
+    and gives it back when its response is closed (or its attempt failed)."""
+
+    __slots__ = ("url", "pools", "busy", "_lock")
+
+    def __init__(self, url: str, pools: list[Any]) -> None:
+        self.url = url
+        self.pools = pools
+        self.busy = [0] * len(pools)
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[Any, int]:
+        with self._lock:
+            busy = self.busy
+            index = busy.index(min(busy))
+            busy[index] += 1
+        return self.pools[index], index
+
+    def give(self, index: int) -> None:
+        with self._lock:
+            self.busy[index] -= 1
+
+
+def _shard_limits(limits: httpx.Limits) -> list[httpx.Limits]:
+    """``limits`` split over the shards, their sum never above the whole."""
+
+    def split(total: int | None, n: int) -> list[int | None]:
+        if total is None:
+            return [None] * n
+        return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+    most = limits.max_connections
+    n = PLAIN_SHARDS if most is None else max(1, min(PLAIN_SHARDS, most))
+    keep = limits.max_keepalive_connections
+    return [
+        httpx.Limits(max_connections=c, max_keepalive_connections=k,
+                     keepalive_expiry=limits.keepalive_expiry)
+        for c, k in zip(split(most, n), split(keep, n))
+    ]  # fmt: skip
 
 
 class _Base:
@@ -173,7 +223,7 @@ class _Base:
             **options,
         }
         self._lock = threading.Lock()
-        self._plain: tuple[str, Any] | None = None
+        self._plain: _Shards | None = None
         self._retired: list[Any] = []
         self._direct: Any = None
         self._tunnels: PoolLRU[tuple[str, str, int], Any] = PoolLRU(tunnel_pools)
@@ -242,22 +292,26 @@ class _Base:
     def _transport_class(self) -> Any:
         raise NotImplementedError
 
-    def _plain_for(self, route: Route) -> Any:
+    def _plain_for(self, route: Route) -> _Shards:
         plain = self._plain
         url = route.gateway_url
-        if plain is not None and plain[0] == url:
-            return plain[1]
+        if plain is not None and plain.url == url:
+            return plain
         with self._lock:
             plain = self._plain
-            if plain is not None and plain[0] == url:
-                return plain[1]
+            if plain is not None and plain.url == url:
+                return plain
             if plain is not None:
                 # The gateway moved (new credentials): requests in flight finish on the old
-                # pool, which is closed with the transport.
-                self._retired.append(plain[1])
-            transport = self._transport_class()(proxy=httpx.Proxy(url), **self._options)
-            self._plain = (url, transport)
-            return transport
+                # pools, which are closed with the transport.
+                self._retired.extend(plain.pools)
+            options = dict(self._options)
+            make = self._transport_class()
+            pools = []
+            for limits in _shard_limits(options.pop("limits")):
+                pools.append(make(proxy=httpx.Proxy(url), limits=limits, **options))
+            self._plain = plain = _Shards(url, pools)
+            return plain
 
     def _direct_transport(self) -> Any:
         if self._direct is None:
@@ -305,7 +359,7 @@ class _Base:
             pools = list(self._retired)
             self._retired.clear()
             if self._plain is not None:
-                pools.append(self._plain[1])
+                pools.extend(self._plain.pools)
                 self._plain = None
             if self._direct is not None:
                 pools.append(self._direct)
@@ -352,25 +406,34 @@ class ProxaroTransport(_Base, httpx.BaseTransport):
     def _send_plain(
         self, request: httpx.Request, route: Route, rr: RequestRouting
     ) -> tuple[httpx.Response | None, Outcome, BaseException | None]:
-        transport = self._plain_for(route)
+        shards = self._plain_for(route)
+        transport, shard = shards.take()
         headers = request.headers
         token = _put_auth(headers, route.proxy_authorization)
         try:
             response = transport.handle_request(request)
-        except Exception as exc:
-            outcome = self._observe_failure(rr, exc, None)
+        except BaseException as exc:
+            shards.give(shard)
+            outcome = self._observe_failure(rr, exc, None) if isinstance(exc, Exception) else None
             if outcome is None:
                 raise
             return None, outcome, exc
         finally:
             # Off again at once: the client builds redirects from this very request.
             _take_auth(headers, token)
-        body = response.read() if rr.is_ban is not None else None
-        outcome = self._observe(rr, response, False, body)
+        try:
+            body = response.read() if rr.is_ban is not None else None
+            outcome = self._observe(rr, response, False, body)
+        except BaseException:
+            response.close()
+            shards.give(shard)
+            raise
         if outcome.ok:
             response.extensions[EXIT_KEY] = outcome.exit
+            response.stream = _ReleasingStream(response.stream, lambda: shards.give(shard))
             return response, outcome, None
         self._discard(response, reuse=True)
+        shards.give(shard)
         return None, outcome, None
 
     def _send_tunnel(
@@ -464,24 +527,37 @@ class AsyncProxaroTransport(_Base, httpx.AsyncBaseTransport):
     async def _send_plain(
         self, request: httpx.Request, route: Route, rr: RequestRouting
     ) -> tuple[httpx.Response | None, Outcome, BaseException | None]:
-        transport = self._plain_for(route)
+        shards = self._plain_for(route)
+        transport, shard = shards.take()
         headers = request.headers
         token = _put_auth(headers, route.proxy_authorization)
         try:
             response = await transport.handle_async_request(request)
-        except Exception as exc:
-            outcome = self._observe_failure(rr, exc, None)
+        except BaseException as exc:
+            shards.give(shard)
+            outcome = self._observe_failure(rr, exc, None) if isinstance(exc, Exception) else None
             if outcome is None:
                 raise
             return None, outcome, exc
         finally:
             _take_auth(headers, token)
-        body = await response.aread() if rr.is_ban is not None else None
-        outcome = self._observe(rr, response, False, body)
+        try:
+            body = await response.aread() if rr.is_ban is not None else None
+            outcome = self._observe(rr, response, False, body)
+        except BaseException:
+            await response.aclose()
+            shards.give(shard)
+            raise
+
+        async def give() -> None:
+            shards.give(shard)
+
         if outcome.ok:
             response.extensions[EXIT_KEY] = outcome.exit
+            response.stream = _AsyncReleasingStream(response.stream, give)
             return response, outcome, None
         await self._discard(response, reuse=True)
+        shards.give(shard)
         return None, outcome, None
 
     async def _send_tunnel(

@@ -131,6 +131,64 @@ async def test_httpx_async_direct_and_default_target(sandbox: Sandbox) -> None:
             assert r.json()["ip"] == "127.0.0.1"
 
 
+@pytest.mark.parametrize(
+    ("most", "keep", "connections", "kept"),
+    [
+        (100, 100, [25, 25, 25, 25], [25, 25, 25, 25]),
+        (10, 5, [3, 3, 2, 2], [2, 1, 1, 1]),
+        (2, 2, [1, 1], [1, 1]),
+        (1, None, [1], [None]),
+        (None, None, [None] * 4, [None] * 4),
+    ],
+    ids=["default", "uneven", "two", "one", "unbounded"],
+)
+def test_httpx_plain_pool_shards_split_the_limits_never_above_them(
+    most: int | None, keep: int | None, connections: list[Any], kept: list[Any]
+) -> None:
+    shards = px_httpx._shard_limits(
+        httpx.Limits(max_connections=most, max_keepalive_connections=keep, keepalive_expiry=9)
+    )
+    assert [x.max_connections for x in shards] == connections
+    assert [x.max_keepalive_connections for x in shards] == kept
+    assert {x.keepalive_expiry for x in shards} == {9}
+
+
+async def test_httpx_plain_requests_spread_over_shards_within_the_flight(
+    sandbox: Sandbox,
+) -> None:
+    """A new target per request, 16 in flight: every shard carries its share, and the gateway
+    sees no more connections than there are requests in flight (least-loaded shards never
+    hold more than their part of it).  A streamed answer holds its shard until closed."""
+    flight, total = 16, 160
+    async with manager(sandbox) as mgr:
+        transport = px_httpx.AsyncProxaroTransport(mgr)
+        async with httpx.AsyncClient(transport=transport) as client:
+            url = f"{sandbox.site_url}/ip"
+            await client.get(url)  # the pools exist
+            before = counters(sandbox).get("gateway.connections", 0)
+            gate = asyncio.Semaphore(flight)
+
+            async def one(i: int) -> int:
+                async with gate:
+                    target = {"country": ("us", "de", "fr", "gb")[i % 4], "session": f"k{i}"}
+                    r = await client.get(url, extensions={"proxaro": target})
+                    return r.status_code
+
+            codes = await asyncio.gather(*(one(i) for i in range(total)))
+            opened = counters(sandbox).get("gateway.connections", 0) - before
+            shards = transport._plain
+            assert shards is not None
+            assert codes == [200] * total
+            assert opened <= flight
+            assert shards.busy == [0, 0, 0, 0]
+            used = [len(pool._pool.connections) for pool in shards.pools]
+            assert all(used) and sum(used) <= flight + 1  # + the warm-up's
+            async with client.stream("GET", f"{sandbox.site_url}/stream/3?size=1024") as r:
+                assert sum(shards.busy) == 1  # held while the body is still to be read
+                await r.aread()
+            assert shards.busy == [0, 0, 0, 0]
+
+
 # ---------------------------------------------------------------------------- requests
 
 
