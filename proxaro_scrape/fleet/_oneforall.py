@@ -2,8 +2,9 @@
 
 Credentials: single-flight across the fleet.  A worker that needs them reads the sealed copy in
 Redis; when that will not do (older than the poll interval, about to expire, or the very
-credentials a 407 condemned) it takes ``lock:creds`` and fetches, and the others wait for its
-announcement instead of calling too.  A 407 storm on any number of workers costs one call (two
+credentials a 407 condemned, unless a fetch made since the 407 brought them again: fetches are
+numbered) it takes ``lock:creds`` and fetches, and the others wait for its announcement instead
+of calling too.  A 407 storm on any number of workers costs one call (two
 if the lock's holder dies).
 
 Pool view and usage: the holder of the ``lease`` polls; the others read its answers (and are
@@ -123,7 +124,10 @@ class OneForAll:
         try:
             r, wall = self._redis, time.time()
             if call.resource == "credentials":
-                blob = self.keys.seal({"c": answer.to_dict(), "at": wall})
+                # Numbered: a worker that asked before this fetch knows it for an answer made
+                # after its own question (see _before_credentials), whatever the clocks say.
+                seq = int(r.incr(self.keys.key("creds", "seq")))
+                blob = self.keys.seal({"c": answer.to_dict(), "at": wall, "seq": seq})
                 r.set(self.keys.key("creds"), blob)
                 self._publish("creds")
             elif call.resource == "countries" and call.method == "list":
@@ -157,13 +161,16 @@ class OneForAll:
         stale_creds = core.creds.get(stale) if core is not None and stale is not None else None
         lock = self.keys.key("lock", "creds")
         deadline = time.monotonic() + WAIT_FOR_OTHERS
+        # The fetch the fleet had made when this question was asked: one made after it is an
+        # answer to it (asked since the 407, however recent the one before).
+        asked = _seq(self._read_credentials())
         while True:
             blob = self._read_credentials()
-            if blob is not None and self._credentials_will_do(blob, stale, stale_creds):
+            if blob is not None and self._credentials_will_do(blob, stale, stale_creds, asked):
                 return Plan(True, Credentials.from_dict(blob["c"]))
             if self._redis.set(lock, self.worker, nx=True, px=LOCK_TTL_MS):
                 blob = self._read_credentials()  # fetched while we asked for the lock?
-                if blob is not None and self._credentials_will_do(blob, stale, stale_creds):
+                if blob is not None and self._credentials_will_do(blob, stale, stale_creds, asked):
                     self._release(keys=[lock], args=[self.worker])
                     return Plan(True, Credentials.from_dict(blob["c"]))
                 return Plan(False, lock=lock)
@@ -171,13 +178,20 @@ class OneForAll:
                 return Plan(False)  # the holder is stuck: its lock expires, we fetch
             time.sleep(0.02)
 
-    def _credentials_will_do(self, blob: Mapping[str, Any], stale: int | None, old: Any) -> bool:
+    def _credentials_will_do(
+        self, blob: Mapping[str, Any], stale: int | None, old: Any, asked: int = 0
+    ) -> bool:
+        if stale is not None:
+            # A 407 condemned ``old``: anything else is newer; and the very same credentials
+            # will do only as the API's answer to a fetch made since this question was asked
+            # (a storm of 407s costs one call).  However recent, one made before may predate
+            # the rotation the 407 is about.
+            if old is None or not same_credentials(blob["c"], old):
+                return True
+            return _seq(blob) > asked
         age = time.time() - float(blob.get("at", 0))
         if age < RECENT:
             return True  # fetched a moment ago: asking the API again cannot tell more
-        if stale is not None:
-            # A 407 condemned ``old``: anything else is newer; nothing older is left.
-            return old is None or not same_credentials(blob["c"], old)
         expires = blob["c"].get("expires_at")
         if isinstance(expires, str):
             try:
@@ -263,6 +277,14 @@ class OneForAll:
         except ValueError:
             return None
         return data if isinstance(data, dict) and "v" in data else None
+
+
+def _seq(blob: Mapping[str, Any] | None) -> int:
+    """The number of the fetch a stored credentials blob came from (0: none, or unnumbered)."""
+    try:
+        return int(blob.get("seq", 0)) if blob is not None else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 def same_credentials(data: Mapping[str, Any], creds: Any) -> bool:
