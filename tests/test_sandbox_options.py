@@ -176,3 +176,33 @@ def test_the_message_says_what_is_allowed() -> None:
         "host: the sandbox only listens on loopback (127.0.0.0/8, ::1 or localhost), "
         "not '203.0.113.9'"
     )
+
+
+def test_a_closing_sandbox_does_not_wait_for_a_page_still_being_answered() -> None:
+    """aiohttp would wait up to 60 s for a request in flight (a ``/delay/60000`` page): longer
+    than a closing sandbox waits for its thread, and than a test waits for a process.  The
+    sandbox bounds it (``SHUTDOWN_TIMEOUT``): the page's request ends, cut, once it closes."""
+    import threading
+
+    from _support import eventually
+
+    outcome: list[object] = []
+    sb = Sandbox(components=("site",))
+    sb.__enter__()
+    try:
+        url = f"{sb.site_url}/delay/60000"
+
+        def fetch() -> None:
+            try:
+                outcome.append(httpx.get(url, timeout=120).status_code)
+            except httpx.HTTPError as exc:
+                outcome.append(type(exc))
+
+        thread = threading.Thread(target=fetch, daemon=True)
+        thread.start()
+        eventually(lambda: sb.world.counters.get("site.requests", 0) >= 1)  # in its handler
+    finally:
+        sb.__exit__(None, None, None)
+    thread.join(30)
+    assert not thread.is_alive() and outcome and outcome[0] != 200, outcome
+    assert _runner.SHUTDOWN_TIMEOUT <= 10

@@ -49,6 +49,10 @@ INFO_KEYS = (
     "ca_cert",
 )
 LOOPBACK = "127.0.0.1"
+#: How long a closing sandbox waits for the requests its servers are still answering (a
+#: ``/delay`` or ``/stream`` page, an API call): aiohttp's own default is 60 s, longer than the
+#: 30 s a closing sandbox waits for its thread, and than any test waits for a process to exit.
+SHUTDOWN_TIMEOUT = 5.0
 
 
 class Sandbox:
@@ -244,7 +248,7 @@ class Sandbox:
                 from proxaro_scrape.sandbox.site import build_site_app
 
                 app = build_site_app(self.world)
-                runner = web.AppRunner(app, access_log=None)
+                runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
                 await runner.setup()
                 self._runners.append(runner)
                 http_site = web.TCPSite(runner, self.host, self._ports["site"])
@@ -266,7 +270,7 @@ class Sandbox:
             raise
 
     async def _serve(self, app: web.Application, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, self.host, port)
