@@ -415,6 +415,31 @@ async def test_region_down_mid_crawl_fails_over_without_losing_a_page(sandbox: S
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_crawls_start_makes_three_api_calls(sandbox: Sandbox) -> None:
+    """Credentials, countries, usage: nothing else, whatever the spider's per-request targets
+    (no ASN listing unless an ASN target names a country)."""
+
+    def calls() -> dict[str, int]:
+        got = sandbox.world.counters
+        return {k: v for k, v in got.items() if k.startswith("api.requests:")}
+
+    before = calls()
+    targets = [{"country": c} for c in ("us", "de", "gb", "fr")]
+    requests = [(f"{sandbox.site_url}/ip?n={i}", {"proxaro": targets[i % 4]}) for i in range(20)]
+    quiet = {"PROXARO_CREDENTIALS_POLL_INTERVAL": 3600, "PROXARO_POOL_TTL": None,
+             "PROXARO_USAGE_POLL_INTERVAL": None}  # fmt: skip
+    crawler = await crawl(Collect, settings_for(sandbox, **quiet), requests=requests)
+    spider = crawler.spider
+    assert isinstance(spider, Collect) and spider.errors == {} and len(spider.results) == 20
+    made = {k: v - before.get(k, 0) for k, v in calls().items() if v != before.get(k, 0)}
+    assert made == {
+        "api.requests:GET /v1/credentials": 1,
+        "api.requests:GET /v1/countries": 1,
+        "api.requests:GET /v1/usage": 1,
+    }
+
+
+@pytest_twisted.ensureDeferred
 async def test_rotation_mid_crawl_fails_nothing(sandbox: Sandbox) -> None:
     sandbox.control("grace", seconds=0.2)
     before = sandbox.world.counters["api.requests:GET /v1/credentials"]
