@@ -6,6 +6,7 @@ they do; nothing here decides anything (the integration contract does).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -144,3 +145,49 @@ class _AsyncReleasingStream(httpx.AsyncByteStream):
             release, self._release = self._release, None
             if release is not None:
                 await release()
+
+
+#: Shards of the plain-HTTP pool (fewer when ``limits`` allows fewer connections).
+PLAIN_SHARDS = 4
+
+
+class _Shards:
+    """The plain-HTTP pool, split: a request takes the shard with the fewest requests in flight
+    and gives it back when its response is closed (or its attempt failed)."""
+
+    __slots__ = ("url", "pools", "busy", "_lock")
+
+    def __init__(self, url: str, pools: list[Any]) -> None:
+        self.url = url
+        self.pools = pools
+        self.busy = [0] * len(pools)
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[Any, int]:
+        with self._lock:
+            busy = self.busy
+            index = busy.index(min(busy))
+            busy[index] += 1
+        return self.pools[index], index
+
+    def give(self, index: int) -> None:
+        with self._lock:
+            self.busy[index] -= 1
+
+
+def _shard_limits(limits: httpx.Limits) -> list[httpx.Limits]:
+    """``limits`` split over the shards, their sum never above the whole."""
+
+    def split(total: int | None, n: int) -> list[int | None]:
+        if total is None:
+            return [None] * n
+        return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+    most = limits.max_connections
+    n = PLAIN_SHARDS if most is None else max(1, min(PLAIN_SHARDS, most))
+    keep = limits.max_keepalive_connections
+    return [
+        httpx.Limits(max_connections=c, max_keepalive_connections=k,
+                     keepalive_expiry=limits.keepalive_expiry)
+        for c, k in zip(split(most, n), split(keep, n))
+    ]  # fmt: skip

@@ -86,17 +86,20 @@ from proxaro_scrape.gateway.edge import (
 from proxaro_scrape.gateway.outcome import Outcome
 
 from ._httpx_wire import (
+    PLAIN_SHARDS,
     _AsyncReleasingStream,
     _AsyncTrace,
     _ConnectTrace,
     _drainable,
     _put_auth,
     _ReleasingStream,
+    _shard_limits,
+    _Shards,
     _SyncTrace,
     _take_auth,
 )
 
-__all__ = ["DEFAULT_LIMITS", "AsyncProxaroTransport", "ProxaroTransport", "exit_of"]
+__all__ = ["DEFAULT_LIMITS", "PLAIN_SHARDS", "AsyncProxaroTransport", "ProxaroTransport", "exit_of"]
 
 #: Every plain-HTTP connection goes to the same gateway, so keep alive as many as may be open
 #: (httpx's own default keeps 20 of 100, which makes a busy client reconnect all the time), and
@@ -107,9 +110,6 @@ __all__ = ["DEFAULT_LIMITS", "AsyncProxaroTransport", "ProxaroTransport", "exit_
 DEFAULT_LIMITS = httpx.Limits(
     max_connections=100, max_keepalive_connections=100, keepalive_expiry=60.0
 )
-
-#: Shards of the plain-HTTP pool (fewer when ``limits`` allows fewer connections).
-PLAIN_SHARDS = 4
 
 _EXT_TARGET = "proxaro"
 _EXT_SESSION = "proxaro_session"
@@ -131,48 +131,6 @@ def _replayable(request: httpx.Request) -> bool:
     # ByteStream (bytes, json, form data, no body) can be iterated again; generators, files
     # and multipart streams of files cannot be trusted to.
     return isinstance(request.stream, httpx.ByteStream)
-
-
-class _Shards:
-    """The plain-HTTP pool, split: a request takes the shard with the fewest requests in flight
-    and gives it back when its response is closed (or its attempt failed)."""
-
-    __slots__ = ("url", "pools", "busy", "_lock")
-
-    def __init__(self, url: str, pools: list[Any]) -> None:
-        self.url = url
-        self.pools = pools
-        self.busy = [0] * len(pools)
-        self._lock = threading.Lock()
-
-    def take(self) -> tuple[Any, int]:
-        with self._lock:
-            busy = self.busy
-            index = busy.index(min(busy))
-            busy[index] += 1
-        return self.pools[index], index
-
-    def give(self, index: int) -> None:
-        with self._lock:
-            self.busy[index] -= 1
-
-
-def _shard_limits(limits: httpx.Limits) -> list[httpx.Limits]:
-    """``limits`` split over the shards, their sum never above the whole."""
-
-    def split(total: int | None, n: int) -> list[int | None]:
-        if total is None:
-            return [None] * n
-        return [total // n + (1 if i < total % n else 0) for i in range(n)]
-
-    most = limits.max_connections
-    n = PLAIN_SHARDS if most is None else max(1, min(PLAIN_SHARDS, most))
-    keep = limits.max_keepalive_connections
-    return [
-        httpx.Limits(max_connections=c, max_keepalive_connections=k,
-                     keepalive_expiry=limits.keepalive_expiry)
-        for c, k in zip(split(most, n), split(keep, n))
-    ]  # fmt: skip
 
 
 class _Base:

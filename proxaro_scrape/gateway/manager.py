@@ -336,8 +336,7 @@ class GatewayManager:
         ``credentials.rotated`` refreshes the credentials at once in the background; usage
         thresholds feed the usage guard; ``allowlist.updated`` is logged; others are ignored.
         """
-        # Imported here: a manager that never hears a webhook never loads the gate (2.5 ms).
-        from proxaro_scrape.gateway._events import admit_event
+        from proxaro_scrape.gateway._events import admit_event  # loaded with the first event
 
         if (known := admit_event(self, event)) is None:
             return
