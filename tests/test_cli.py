@@ -615,6 +615,29 @@ def test_sandbox_json_prints_one_line_first_then_stops_on_sigterm(spawn: Any) ->
     assert not Path(info["ca_cert"]).exists()  # cleaned up on the way out
 
 
+def test_sandbox_stopped_the_moment_its_line_is_read_exits_0() -> None:
+    """A regression: SIGTERM between the printed line and the wait for Ctrl+C escaped as
+    click's "Aborted!" (exit 1), about one stop in five when sent at once."""
+    codes = []
+    for _ in range(8):
+        # Read straight from the pipe (no reader thread in between): the stop comes as soon
+        # as the line exists, as a script that waits for it would send it.
+        proc = subprocess.Popen(
+            [EXE, "sandbox", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=_env(),
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            json.loads(proc.stdout.readline())
+            proc.send_signal(signal.SIGTERM)
+            codes.append(proc.wait(timeout=30))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    assert codes == [0] * 8
+
+
 # ------------------------------------------------------------------- edges a new user meets
 
 

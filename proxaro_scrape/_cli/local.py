@@ -39,18 +39,20 @@ def sandbox(port: int, seed: int, plan: str, as_json: bool) -> None:
     except ValueError as exc:  # an unknown plan, say: a refused value, so a usage error
         raise click.BadParameter(str(exc), param_hint="'--plan'") from None
     with sigterm_as_interrupt(), sb:
-        if as_json:
-            click.echo(sb.dumps(), nl=True)
-        else:
-            info = sb.info()
-            for key, value in info.items():
-                click.echo(f"{key:15} {value}")
-            click.echo(
-                f"Try: proxaro-scrape --api-key {info['api_key']} --base-url {info['api_url']} "
-                "status"
-            )
-            click.echo("Press Ctrl+C to stop.")
+        # From the first line printed on, a stop is a clean one (exit 0): whoever read that
+        # line may stop the sandbox at once, before it even reaches wait().
         try:
+            if as_json:
+                click.echo(sb.dumps(), nl=True)
+            else:
+                info = sb.info()
+                for key, value in info.items():
+                    click.echo(f"{key:15} {value}")
+                click.echo(
+                    f"Try: proxaro-scrape --api-key {info['api_key']} "
+                    f"--base-url {info['api_url']} status"
+                )
+                click.echo("Press Ctrl+C to stop.")
             sb.wait()
         except KeyboardInterrupt:
             pass
