@@ -26,10 +26,8 @@ from proxaro_scrape.api._base import (
     error_from_response,
     parse_rate_limit,
     parse_retry_after,
-    retry_wait,
-    retrying_kwargs,
-    should_retry,
 )
+from proxaro_scrape.api._retry import retry_wait, retrying_kwargs, should_retry
 from proxaro_scrape.errors import (
     APIConnectionError,
     APIError,

@@ -30,8 +30,9 @@ from conftest import run_async
 from proxaro_scrape import AsyncProxaro, Pacer, Proxaro
 from proxaro_scrape._secrets import Secret
 from proxaro_scrape.api import _validate
-from proxaro_scrape.api._base import ClientConfig, RequestSpec, RetryPolicy, retrying_kwargs
+from proxaro_scrape.api._base import ClientConfig, RequestSpec, RetryPolicy
 from proxaro_scrape.api._models import Credentials
+from proxaro_scrape.api._retry import retrying_kwargs
 from proxaro_scrape.errors import (
     APIError,
     APITimeoutError,

@@ -4,7 +4,7 @@ Both resolve their configuration, build requests and read responses through
 :mod:`proxaro_scrape.api._base`; only the sending (``httpx.Client`` vs ``httpx.AsyncClient``)
 and the sleeping (``time.sleep`` vs ``asyncio.sleep``, via tenacity) differ.  A call's first
 attempt is made directly; tenacity, imported then, takes over only once a retry is due
-(:func:`~proxaro_scrape.api._base.worth_retrying`).
+(:func:`~proxaro_scrape.api._retry.worth_retrying`).
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from proxaro_scrape.api._base import (
     parse_rate_limit,
     parse_response,
     resolve_config,
-    retrying_kwargs,
-    worth_retrying,
 )
 from proxaro_scrape.api._deadline import clamp_timeout, deadline_scope, time_left
 from proxaro_scrape.api._models import APIStatus
 from proxaro_scrape.api._ratelimit import Pacer, RateLimit
+from proxaro_scrape.api._retry import retrying_kwargs, worth_retrying
 from proxaro_scrape.errors import APIConnectionError, ConfigurationError
 
 T = TypeVar("T")
@@ -178,7 +177,7 @@ class Proxaro(_ClientBase):
     ``PROXARO_BASE_URL``, then ``https://api.proxaro.io``.  ``max_retries`` retries 429, 503 and
     failures before the request left (connect errors, connect or pool timeouts) for every call,
     and 500/502/504, read timeouts and dropped connections for idempotent methods only (GET,
-    HEAD, OPTIONS, DELETE, PUT; see :func:`~proxaro_scrape.api._base.should_retry`).
+    HEAD, OPTIONS, DELETE, PUT; see :func:`~proxaro_scrape.api._retry.should_retry`).
     ``pacer`` (off by default) paces requests to stay under the plan's budget.  ``http_client``
     brings your own ``httpx.Client`` (which the client then does not close).
 
